@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Fetches what ferroserve needs at run and test time into .deps/, from PyPI and
+# Debian only. Idempotent: a second run finds everything in place and returns.
+#
+#   deploy/setup.sh ort     ONNX Runtime shared library (enough to serve)
+#   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient)
+#                           + perf_analyzer extracted from the tritonclient wheel
+set -euo pipefail
+
+ORT_VERSION=1.31.1
+TRITONCLIENT_VERSION=2.50.0
+CUDART_VERSION=12.9.79
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+deps="$root/.deps"
+what=${1:-ort}
+python=${PYTHON:-python3}
+mkdir -p "$deps"
+
+# Extracts one member of a wheel (a zip file) to a destination path.
+unwheel() { # wheel member dest
+  "$python" - "$1" "$2" "$3" <<'PY'
+import sys, zipfile, shutil, os
+wheel, member, dest = sys.argv[1:4]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest + ".part", "wb") as out:
+    shutil.copyfileobj(src, out)
+os.chmod(dest + ".part", 0o755)
+os.replace(dest + ".part", dest)
+PY
+}
+
+fetch_ort() {
+  local lib="$deps/onnxruntime/libonnxruntime.so.$ORT_VERSION"
+  [ -f "$lib" ] && return 0
+  echo "setup: fetching onnxruntime $ORT_VERSION from PyPI" >&2
+  local tmp; tmp=$(mktemp -d)
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+    "onnxruntime==$ORT_VERSION" -d "$tmp"
+  mkdir -p "$deps/onnxruntime"
+  unwheel "$tmp"/onnxruntime-*.whl "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$lib"
+  ln -sf "libonnxruntime.so.$ORT_VERSION" "$deps/onnxruntime/libonnxruntime.so"
+  rm -rf "$tmp"
+}
+
+fetch_venv() {
+  local venv="$deps/venv"
+  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION"
+  [ -f "$stamp" ] && return 0
+  echo "setup: creating Python venv with tritonclient $TRITONCLIENT_VERSION" >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
+    "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4"
+  touch "$stamp"
+}
+
+# perf_analyzer ships inside the tritonclient manylinux wheel; it needs libb64
+# (Debian) and libcudart.so.12 (PyPI) even on a machine without a GPU.
+fetch_perf_analyzer() {
+  local dir="$deps/perf_analyzer"
+  [ -x "$dir/perf_analyzer" ] && [ -f "$dir/lib/libcudart.so.12" ] && return 0
+  echo "setup: extracting perf_analyzer from tritonclient $TRITONCLIENT_VERSION" >&2
+  if ! ldconfig -p 2>/dev/null | grep -q 'libb64\.so\.0d'; then
+    if command -v apt-get >/dev/null 2>&1; then
+      (apt-get install -y -qq libb64-0d >/dev/null 2>&1) || \
+        (apt-get update -qq >/dev/null && apt-get install -y -qq libb64-0d >/dev/null)
+    fi
+  fi
+  local tmp; tmp=$(mktemp -d)
+  mkdir -p "$dir/lib"
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+    --platform manylinux1_x86_64 "tritonclient==$TRITONCLIENT_VERSION" -d "$tmp"
+  unwheel "$tmp"/tritonclient-*.whl "tritonclient/perf_analyzer" "$dir/perf_analyzer" 2>/dev/null || \
+    unwheel "$tmp"/tritonclient-*.whl "bin/perf_analyzer" "$dir/perf_analyzer" 2>/dev/null || {
+      # The binary's place inside the wheel has moved between releases: look it up.
+      local member
+      member=$("$python" -c "import zipfile,sys; print(next(n for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.endswith('/perf_analyzer')))" "$tmp"/tritonclient-*.whl)
+      unwheel "$tmp"/tritonclient-*.whl "$member" "$dir/perf_analyzer"
+    }
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+    --platform manylinux2014_x86_64 "nvidia-cuda-runtime-cu12==$CUDART_VERSION" -d "$tmp"
+  unwheel "$tmp"/nvidia_cuda_runtime_cu12-*.whl "nvidia/cuda_runtime/lib/libcudart.so.12" "$dir/lib/libcudart.so.12"
+  rm -rf "$tmp"
+}
+
+case "$what" in
+  ort) fetch_ort ;;
+  test) fetch_ort; fetch_venv; fetch_perf_analyzer ;;
+  *) echo "usage: deploy/setup.sh [ort|test]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,53 @@
+//! The gRPC front on --grpc-port: inference.GRPCInferenceService,
+//! grpc.health.v1.Health (whole server and per model) and server reflection
+//! (v1 and v1alpha) so grpcurl and ghz work without a .proto.
+
+mod contents;
+mod health;
+mod service;
+
+use crate::server::State;
+use crate::shutdown::Shutdown;
+use crate::pb;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use health::HealthService;
+pub use service::{check_repository_name, explicit_mode};
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Serves until `shutdown` fires, then stops accepting and lets in-flight
+/// calls finish.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
+    let limit = state.config.max_message_bytes;
+    let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(
+        state.clone(),
+    ))
+    .max_decoding_message_size(limit)
+    .max_encoding_message_size(limit);
+    let health = tonic_health::pb::health_server::HealthServer::new(HealthService::new(state.repository.clone()));
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the embedded descriptor sets are valid; this is a bug");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptor sets are valid; this is a bug");
+    let incoming = TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(inference)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .serve_with_incoming_shutdown(incoming, shutdown.wait())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "gRPC server failed");
+    }
+}

@@ -1,0 +1,306 @@
+//! inference.GRPCInferenceService: decode, call the repository, encode.
+
+use super::contents;
+use crate::api::{describe, grpc_status};
+use crate::config::ControlMode;
+use crate::error::{Error, Result};
+use crate::infer::{InferRequest, InferResponse};
+use crate::pb;
+use crate::pb::grpc_inference_service_server::GrpcInferenceService;
+use crate::server::State;
+use crate::tensor::{DataType, Tensor};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+pub struct Inference {
+    state: Arc<State>,
+}
+
+impl Inference {
+    pub fn new(state: Arc<State>) -> Self {
+        Inference { state }
+    }
+}
+
+type Reply<T> = Result<Response<T>, Status>;
+
+/// The stream ModelStreamInfer answers with.
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<pb::ModelStreamInferResponse, Status>> + Send>>;
+
+fn reply<T>(result: Result<T>) -> Reply<T> {
+    result.map(Response::new).map_err(grpc_status)
+}
+
+/// Decodes a ModelInferRequest. `deadline` comes from grpc-timeout.
+pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>) -> Result<InferRequest> {
+    if !request.raw_input_contents.is_empty() && request.raw_input_contents.len() != request.inputs.len() {
+        return Err(Error::invalid(format!(
+            "raw_input_contents has {} entries but the request has {} inputs",
+            request.raw_input_contents.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut raw = request.raw_input_contents.into_iter();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
+            Error::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
+        })?;
+        let data = match (raw.next(), &input.contents) {
+            (Some(_), Some(c)) if c != &pb::InferTensorContents::default() => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has both contents and raw_input_contents",
+                    input.name
+                )));
+            }
+            (Some(bytes), _) => bytes,
+            (None, Some(c)) => contents::to_raw(&input.name, datatype, c)?.into(),
+            (None, None) => {
+                return Err(Error::invalid(format!(
+                    "input '{}' has no data: set contents or raw_input_contents",
+                    input.name
+                )));
+            }
+        };
+        inputs.push(Tensor { name: input.name, datatype, shape: input.shape, data });
+    }
+    let mut deadline = deadline;
+    if let Some(param) = request.parameters.get("timeout") {
+        // Triton's per-request timeout, in microseconds.
+        let micros = match param.parameter_choice {
+            Some(pb::infer_parameter::ParameterChoice::Int64Param(v)) if v > 0 => v as u64,
+            Some(pb::infer_parameter::ParameterChoice::Uint64Param(v)) if v > 0 => v,
+            _ => return Err(Error::invalid("parameter 'timeout' must be a positive integer (microseconds)")),
+        };
+        let at = Instant::now() + Duration::from_micros(micros);
+        deadline = Some(deadline.map_or(at, |d| d.min(at)));
+    }
+    if let Some(key) = ["sequence_id", "sequence_start", "sequence_end"]
+        .iter()
+        .find(|k| request.parameters.contains_key(**k))
+    {
+        return Err(Error::Unimplemented(format!("parameter '{key}': sequence batching is not supported")));
+    }
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    for output in request.outputs {
+        if output.parameters.contains_key("classification") {
+            return Err(Error::Unimplemented(format!(
+                "output '{}': the classification extension is not supported",
+                output.name
+            )));
+        }
+        outputs.push(output.name);
+    }
+    Ok(InferRequest {
+        model_name: request.model_name,
+        model_version: request.model_version,
+        id: request.id,
+        inputs,
+        outputs,
+        deadline,
+    })
+}
+
+pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    let mut raw = Vec::with_capacity(response.outputs.len());
+    for tensor in response.outputs {
+        outputs.push(pb::model_infer_response::InferOutputTensor {
+            name: tensor.name,
+            datatype: tensor.datatype.wire_name().to_string(),
+            shape: tensor.shape,
+            parameters: Default::default(),
+            contents: None,
+        });
+        raw.push(tensor.data);
+    }
+    pb::ModelInferResponse {
+        model_name: response.model_name,
+        model_version: response.model_version,
+        id: response.id,
+        parameters: Default::default(),
+        outputs,
+        raw_output_contents: raw,
+    }
+}
+
+/// The deadline a `grpc-timeout` header sets ("<digits><unit>", unit one of
+/// H M S m u n).
+fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    Instant::now().checked_add(timeout)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<pb::ServerReadyRequest>) -> Reply<pb::ServerReadyResponse> {
+        Ok(Response::new(pb::ServerReadyResponse { ready: self.state.repository.is_ready() }))
+    }
+
+    async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
+        let r = request.into_inner();
+        let ready = match self.state.repository.get(&r.name, &r.version) {
+            Ok(_) => true,
+            Err(Error::NotFound(m)) => return Err(grpc_status(Error::NotFound(m))),
+            Err(_) => false,
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(&self, _: Request<pb::ServerMetadataRequest>) -> Reply<pb::ServerMetadataResponse> {
+        Ok(Response::new(describe::server_metadata()))
+    }
+
+    async fn model_metadata(&self, request: Request<pb::ModelMetadataRequest>) -> Reply<pb::ModelMetadataResponse> {
+        let r = request.into_inner();
+        reply(describe::model_metadata(&self.state.repository, &r.name, &r.version))
+    }
+
+    async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
+        let deadline = grpc_deadline(&request);
+        let request = decode_request(request.into_inner(), deadline).map_err(grpc_status)?;
+        let response = self.state.repository.infer(request).await.map_err(grpc_status)?;
+        Ok(Response::new(encode_response(response)))
+    }
+
+    /// Requests are answered in the order they arrive; an error answers its
+    /// request in `error_message` and the stream goes on.
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Reply<ResponseStream> {
+        let deadline = grpc_deadline(&request);
+        let mut incoming = request.into_inner();
+        let repository = self.state.repository.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            while let Some(message) = incoming.next().await {
+                let message = match message {
+                    Ok(m) => m,
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let id = message.id.clone();
+                let result = match decode_request(message, deadline) {
+                    Ok(r) => repository.infer(r).await,
+                    Err(e) => Err(e),
+                };
+                let answer = match result {
+                    Ok(response) => pb::ModelStreamInferResponse {
+                        error_message: String::new(),
+                        infer_response: Some(encode_response(response)),
+                    },
+                    Err(e) => pb::ModelStreamInferResponse {
+                        error_message: e.to_string(),
+                        infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+                    },
+                };
+                if tx.send(Ok(answer)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn model_config(&self, request: Request<pb::ModelConfigRequest>) -> Reply<pb::ModelConfigResponse> {
+        let r = request.into_inner();
+        reply(
+            self.state
+                .repository
+                .config(&r.name, &r.version)
+                .map(|config| pb::ModelConfigResponse { config: Some(config) }),
+        )
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Reply<pb::ModelStatisticsResponse> {
+        let r = request.into_inner();
+        reply(describe::statistics(&self.state.repository, &r.name, &r.version))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Reply<pb::RepositoryIndexResponse> {
+        let r = request.into_inner();
+        check_repository_name(&r.repository_name).map_err(grpc_status)?;
+        Ok(Response::new(describe::repository_index(&self.state.repository, r.ready)))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Reply<pb::RepositoryModelLoadResponse> {
+        let r = request.into_inner();
+        check_repository_name(&r.repository_name).map_err(grpc_status)?;
+        self.explicit_mode().map_err(grpc_status)?;
+        if let Some(key) = r.parameters.keys().next() {
+            return Err(grpc_status(Error::Unimplemented(format!(
+                "load parameter '{key}' is not supported yet"
+            ))));
+        }
+        self.state.repository.load(&r.model_name).await.map_err(grpc_status)?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Reply<pb::RepositoryModelUnloadResponse> {
+        let r = request.into_inner();
+        check_repository_name(&r.repository_name).map_err(grpc_status)?;
+        self.explicit_mode().map_err(grpc_status)?;
+        self.state.repository.unload(&r.model_name).map_err(grpc_status)?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+impl Inference {
+    fn explicit_mode(&self) -> Result<()> {
+        explicit_mode(self.state.config.model_control_mode)
+    }
+}
+
+/// Load and unload requests are honoured only in explicit mode, as in Triton.
+pub fn explicit_mode(mode: ControlMode) -> Result<()> {
+    match mode {
+        ControlMode::Explicit => Ok(()),
+        ControlMode::None => Err(Error::Unavailable(
+            "explicit model load / unload is not allowed: start with --model-control-mode explicit".into(),
+        )),
+    }
+}
+
+/// ferroserve serves one repository; naming another is an error.
+pub fn check_repository_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Unimplemented(format!(
+            "repository '{name}': ferroserve serves a single repository; leave repository_name empty"
+        )))
+    }
+}

@@ -1,0 +1,277 @@
+//! The HTTP/REST front on --http-port (KServe V2 REST with Triton's
+//! extensions) and the Prometheus endpoint on --metrics-port.
+
+mod codec;
+mod json;
+
+use crate::api::{describe, grpc, http_status};
+use crate::error::{Error, Result};
+use crate::server::State;
+use crate::shutdown::Shutdown;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State as Shared};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// The header announcing where the JSON part of a body ends.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+type AppState = Arc<State>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_stats))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
+        .route("/v2/models/{model}/stats", get(model_stats))
+        .route("/v2/models/{model}/versions/{version}/stats", get(version_stats))
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(load))
+        .route("/v2/repository/models/{model}/unload", post(unload))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
+    let app = router(state);
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.wait())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shutdown: Shutdown) {
+    let app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let handle = handle.clone();
+            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+        }),
+    );
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "metrics server failed");
+    }
+}
+
+/// Errors go out as `{"error": "..."}` with the mapped status.
+fn error_response(error: Error) -> Response {
+    (http_status(&error), axum::Json(json!({ "error": error.to_string() }))).into_response()
+}
+
+fn json_reply(result: Result<Value>) -> Response {
+    match result {
+        Ok(value) => axum::Json(value).into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn not_found() -> Response {
+    error_response(Error::not_found("no such route"))
+}
+
+async fn server_metadata() -> Response {
+    json_reply(describe::to_json(&describe::server_metadata(), "inference.ServerMetadataResponse"))
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(Shared(state): Shared<AppState>) -> StatusCode {
+    if state.repository.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+}
+
+fn metadata(state: &State, model: &str, version: &str) -> Response {
+    json_reply(
+        describe::model_metadata(&state.repository, model, version)
+            .and_then(|m| describe::to_json(&m, "inference.ModelMetadataResponse")),
+    )
+}
+
+async fn model_metadata(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
+    metadata(&state, &model, "")
+}
+
+async fn version_metadata(
+    Shared(state): Shared<AppState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    metadata(&state, &model, &version)
+}
+
+fn readiness(state: &State, model: &str, version: &str) -> Response {
+    match state.repository.get(model, version) {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(Error::NotFound(m)) => error_response(Error::NotFound(m)),
+        // Not ready: 4xx per the KServe REST protocol, as Triton answers.
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e.to_string() }))).into_response(),
+    }
+}
+
+async fn model_ready(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
+    readiness(&state, &model, "")
+}
+
+async fn version_ready(Shared(state): Shared<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    readiness(&state, &model, &version)
+}
+
+fn config(state: &State, model: &str, version: &str) -> Response {
+    json_reply(
+        state
+            .repository
+            .config(model, version)
+            .and_then(|c| describe::to_json(&c, "inference.ModelConfig")),
+    )
+}
+
+async fn model_config(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
+    config(&state, &model, "")
+}
+
+async fn version_config(Shared(state): Shared<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    config(&state, &model, &version)
+}
+
+fn stats(state: &State, model: &str, version: &str) -> Response {
+    json_reply(
+        describe::statistics(&state.repository, model, version)
+            .and_then(|s| describe::to_json(&s, "inference.ModelStatisticsResponse")),
+    )
+}
+
+async fn all_stats(Shared(state): Shared<AppState>) -> Response {
+    stats(&state, "", "")
+}
+
+async fn model_stats(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
+    stats(&state, &model, "")
+}
+
+async fn version_stats(Shared(state): Shared<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
+    stats(&state, &model, &version)
+}
+
+/// Reads a whole body within --max-message-bytes.
+async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
+    let limit = state.config.max_message_bytes;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        Error::ResourceExhausted(format!("request body over the {limit}-byte limit or unreadable: {e}"))
+    })
+}
+
+async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+    let body = read_body(&state, body).await?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
+            Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
+        })?),
+    };
+    let (request, encoding) = codec::decode(&model, &version, body, header_length)?;
+    let response = state.repository.infer(request).await?;
+    let encoded = codec::encode(&response, &encoding);
+    let mut reply = Response::new(Body::from(encoded.body));
+    let headers = reply.headers_mut();
+    match encoded.header_length {
+        Some(length) => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+            headers.insert(HEADER_LENGTH, HeaderValue::from(length));
+        }
+        None => {
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+    }
+    Ok(reply)
+}
+
+async fn model_infer(
+    Shared(state): Shared<AppState>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer(state, model, String::new(), headers, body).await.unwrap_or_else(error_response)
+}
+
+async fn version_infer(
+    Shared(state): Shared<AppState>,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    infer(state, model, version, headers, body).await.unwrap_or_else(error_response)
+}
+
+/// Optional JSON body of a repository call, `{}` when empty.
+async fn optional_json(state: &State, body: Body) -> Result<Value> {
+    let bytes = read_body(state, body).await?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(json!({}));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("malformed JSON body: {e}")))
+}
+
+async fn repository_index(Shared(state): Shared<AppState>, body: Body) -> Response {
+    let result = async {
+        let request = optional_json(&state, body).await?;
+        let ready = request.get("ready").and_then(Value::as_bool).unwrap_or(false);
+        let index = describe::repository_index(&state.repository, ready);
+        // The REST form is a bare array of the index entries.
+        let mut value = describe::to_json(&index, "inference.RepositoryIndexResponse")?;
+        Ok(value.get_mut("models").map(Value::take).unwrap_or_else(|| json!([])))
+    }
+    .await;
+    json_reply(result)
+}
+
+async fn load(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+    let result = async {
+        let request = optional_json(&state, body).await?;
+        grpc::explicit_mode(state.config.model_control_mode)?;
+        if let Some(key) = request.get("parameters").and_then(Value::as_object).and_then(|p| p.keys().next()) {
+            return Err(Error::Unimplemented(format!("load parameter '{key}' is not supported yet")));
+        }
+        state.repository.load(&model).await
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => error_response(e),
+    }
+}
+
+async fn unload(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+    let result = async {
+        optional_json(&state, body).await?;
+        grpc::explicit_mode(state.config.model_control_mode)?;
+        state.repository.unload(&model)
+    }
+    .await;
+    match result {
+        Ok(()) => StatusCode::OK.into_response(),
+        Err(e) => error_response(e),
+    }
+}

@@ -1,0 +1,18 @@
+//! The gRPC and HTTP fronts: decode, call the repository, encode. No policy
+//! lives here; only this folder knows tonic and axum.
+
+pub mod describe;
+pub mod grpc;
+pub mod http;
+mod status;
+
+pub use status::{grpc_status, http_status};
+
+/// Protocol extensions ferroserve implements, as ServerMetadata lists them.
+pub const EXTENSIONS: &[&str] = &[
+    "model_repository",
+    "model_configuration",
+    "binary_tensor_data",
+    "parameters",
+    "statistics",
+];

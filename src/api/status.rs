@@ -1,0 +1,46 @@
+//! The one place where an `Error` becomes a gRPC code and an HTTP status.
+
+use crate::error::Error;
+use axum::http::StatusCode;
+
+fn codes(error: &Error) -> (StatusCode, tonic::Code) {
+    match error {
+        Error::InvalidArgument(_) => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+        Error::NotFound(_) => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
+        Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
+        Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded),
+        Error::ResourceExhausted(_) => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
+        Error::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
+        Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
+    }
+}
+
+pub fn grpc_status(error: Error) -> tonic::Status {
+    let (_, code) = codes(&error);
+    tonic::Status::new(code, error.to_string())
+}
+
+pub fn http_status(error: &Error) -> StatusCode {
+    codes(error).0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_maps_to_matching_codes() {
+        let cases = [
+            (Error::invalid("x"), 400, tonic::Code::InvalidArgument),
+            (Error::not_found("x"), 404, tonic::Code::NotFound),
+            (Error::Unavailable("x".into()), 503, tonic::Code::Unavailable),
+            (Error::DeadlineExceeded("x".into()), 504, tonic::Code::DeadlineExceeded),
+            (Error::ResourceExhausted("x".into()), 413, tonic::Code::ResourceExhausted),
+            (Error::internal("x"), 500, tonic::Code::Internal),
+        ];
+        for (error, http, grpc) in cases {
+            assert_eq!(http_status(&error).as_u16(), http);
+            assert_eq!(grpc_status(error).code(), grpc);
+        }
+    }
+}

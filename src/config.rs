@@ -1,0 +1,72 @@
+//! Command-line flags (Triton's names where Triton has the flag), each with
+//! an environment variable, logged once at start-up.
+
+use clap::{Parser, ValueEnum};
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ControlMode {
+    /// Load every model in the repository at start-up; load/unload requests are refused.
+    None,
+    /// Load only --load-model models at start-up; RepositoryModelLoad/Unload manage the rest.
+    Explicit,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(name = "ferroserve", version, about = "Low-latency ONNX inference server (Open Inference Protocol / Triton compatible)")]
+pub struct Config {
+    /// Directory holding <model>/<version>/model.onnx and optional <model>/config.pbtxt.
+    #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models")]
+    pub model_repository: PathBuf,
+
+    /// How models get loaded: all at start-up (none) or on request (explicit).
+    #[arg(long, env = "FERROSERVE_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
+    pub model_control_mode: ControlMode,
+
+    /// Models to load at start-up in explicit mode (repeatable; "*" loads all).
+    #[arg(long = "load-model", env = "FERROSERVE_LOAD_MODEL", value_delimiter = ',')]
+    pub load_model: Vec<String>,
+
+    /// Address the HTTP/REST front binds.
+    #[arg(long, env = "FERROSERVE_HTTP_ADDRESS", default_value = "0.0.0.0")]
+    pub http_address: IpAddr,
+
+    /// HTTP/REST port (KServe V2 REST); 0 picks a free port.
+    #[arg(long, env = "FERROSERVE_HTTP_PORT", default_value_t = 8000)]
+    pub http_port: u16,
+
+    /// Address the gRPC front binds.
+    #[arg(long, env = "FERROSERVE_GRPC_ADDRESS", default_value = "0.0.0.0")]
+    pub grpc_address: IpAddr,
+
+    /// gRPC port (inference.GRPCInferenceService, health, reflection); 0 picks a free port.
+    #[arg(long, env = "FERROSERVE_GRPC_PORT", default_value_t = 8001)]
+    pub grpc_port: u16,
+
+    /// Address the Prometheus /metrics endpoint binds.
+    #[arg(long, env = "FERROSERVE_METRICS_ADDRESS", default_value = "0.0.0.0")]
+    pub metrics_address: IpAddr,
+
+    /// Prometheus /metrics port; 0 picks a free port.
+    #[arg(long, env = "FERROSERVE_METRICS_PORT", default_value_t = 8002)]
+    pub metrics_port: u16,
+
+    /// Seconds to finish in-flight requests after SIGTERM/SIGINT before exiting.
+    #[arg(long, env = "FERROSERVE_EXIT_TIMEOUT_SECS", default_value_t = 30)]
+    pub exit_timeout_secs: u64,
+
+    /// Report the server ready only when every model in the repository is
+    /// (Triton's rule). Off by default so one bad model file does not take
+    /// every replica out of its load balancer.
+    #[arg(long, env = "FERROSERVE_STRICT_READINESS")]
+    pub strict_readiness: bool,
+
+    /// Path of libonnxruntime.so; default: .deps/onnxruntime/ (deploy/setup.sh), /usr/local/lib, /usr/lib.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub onnxruntime_library: Option<PathBuf>,
+
+    /// Largest gRPC message or HTTP body accepted, in bytes.
+    #[arg(long, env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+}

@@ -1,0 +1,59 @@
+//! The one error type of the request path. Each transport maps it once
+//! (api/status.rs) to a gRPC code and an HTTP status.
+
+use thiserror::Error;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum Error {
+    /// The request is wrong: bad shape, dtype, name, encoding. Never the
+    /// server's fault, never counted as a model failure.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Unknown model or version.
+    #[error("{0}")]
+    NotFound(String),
+    /// The model exists but cannot serve now (not ready, shutting down).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request's deadline passed before it could be computed.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A limit was hit (message size, queue full).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The request is valid but asks for something this server does not do.
+    #[error("{0}")]
+    Unimplemented(String),
+    /// The model or the server failed while handling a valid request.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidArgument(message.into())
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Error::NotFound(message.into())
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Error::Internal(message.into())
+    }
+
+    /// A short, stable label for metrics (`code` label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::NotFound(_) => "not_found",
+            Error::Unavailable(_) => "unavailable",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::Unimplemented(_) => "unimplemented",
+            Error::Internal(_) => "internal",
+        }
+    }
+}

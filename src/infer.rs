@@ -1,0 +1,27 @@
+//! The transport-neutral inference request and response that the gRPC and
+//! HTTP fronts decode into and encode from.
+
+use crate::tensor::Tensor;
+use std::time::Instant;
+
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub model_name: String,
+    /// Empty selects the highest ready version (or the routing policy).
+    pub model_version: String,
+    /// Echoed back in the response.
+    pub id: String,
+    pub inputs: Vec<Tensor>,
+    /// Requested outputs by name; empty means every output.
+    pub outputs: Vec<String>,
+    /// When the client stops waiting (grpc-timeout and the like).
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub outputs: Vec<Tensor>,
+}

@@ -1,0 +1,20 @@
+//! ferroserve: a low-latency ONNX inference server speaking the Open
+//! Inference Protocol (KServe V2) with Triton's extensions.
+//!
+//! A request flows through the folders in order: `api` decodes it,
+//! `repository` finds the model version and validates it, `scheduler` queues
+//! it for an instance thread, `runtime` runs ONNX Runtime, and `telemetry`
+//! records what happened.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod infer;
+pub mod pb;
+pub mod repository;
+pub mod runtime;
+pub mod scheduler;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+pub mod tensor;

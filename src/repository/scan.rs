@@ -1,0 +1,72 @@
+//! Reading the repository directory: model folders, version folders,
+//! config.pbtxt, and the version policy.
+
+use super::config;
+use crate::pb;
+use crate::pb::model_version_policy::PolicyChoice;
+use std::path::{Path, PathBuf};
+
+/// Model directories: every non-hidden directory under `root`.
+pub fn model_names(root: &Path) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(root)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_dir() && !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The directory of model `name`, refusing names that would leave `root`.
+pub fn model_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+    if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
+        return Err(format!("'{name}' is not a valid model name"));
+    }
+    let dir = root.join(name);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(format!("no model '{name}' in the repository {}", root.display()))
+    }
+}
+
+/// The model's config.pbtxt, or an empty config to complete from the graph.
+/// The flag says whether a file was found.
+pub fn read_config(dir: &Path) -> Result<(pb::ModelConfig, bool), String> {
+    let path = dir.join("config.pbtxt");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => config::parse(&text).map(|c| (c, true)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((pb::ModelConfig::default(), false)),
+        Err(e) => Err(format!("reading {}: {e}", path.display())),
+    }
+}
+
+/// The versions to serve: numeric subdirectories filtered by the policy
+/// (default: the latest one).
+pub fn select_versions(dir: &Path, policy: Option<&pb::ModelVersionPolicy>) -> Result<Vec<i64>, String> {
+    let mut found = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+    for entry in entries.flatten() {
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Ok(v) = entry.file_name().to_string_lossy().parse::<i64>()
+            && v >= 0
+        {
+            found.push(v);
+        }
+    }
+    found.sort_unstable();
+    Ok(match policy.and_then(|p| p.policy_choice.as_ref()) {
+        Some(PolicyChoice::All(_)) => found,
+        Some(PolicyChoice::Specific(s)) => found.into_iter().filter(|v| s.versions.contains(v)).collect(),
+        Some(PolicyChoice::Latest(l)) => {
+            let keep = (l.num_versions.max(1) as usize).min(found.len());
+            found.split_off(found.len() - keep)
+        }
+        None => found.split_off(found.len().saturating_sub(1)),
+    })
+}

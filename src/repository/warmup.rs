@@ -1,0 +1,123 @@
+//! Warming an instance up before its version reports ready: the config's
+//! `model_warmup` samples, or one synthetic zero-filled request.
+
+use super::config::ModelIo;
+use crate::pb;
+use crate::pb::model_warmup::input::InputDataType;
+use crate::runtime::{RunInput, Session};
+use crate::tensor::{element_count, encode_bytes_elements, DataType};
+use std::path::Path;
+
+/// Runs every warmup sample `count` times on `session`. A configured sample
+/// that fails is a load error; the synthetic one only logs.
+pub fn run(session: &mut Session, config: &pb::ModelConfig, io: &ModelIo, model_dir: &Path) -> Result<(), String> {
+    let batching = io.max_batch_size > 0;
+    if config.model_warmup.is_empty() {
+        let inputs: Vec<Sample> = io
+            .inputs
+            .iter()
+            .map(|spec| {
+                let shape: Vec<i64> = spec.graph_dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                Sample::zeros(&spec.name, spec.datatype, shape)
+            })
+            .collect::<Result<_, _>>()?;
+        if let Err(e) = execute(session, &inputs) {
+            tracing::debug!(model = %config.name, error = %e, "synthetic warmup failed; continuing");
+        }
+        return Ok(());
+    }
+    for warmup in &config.model_warmup {
+        let mut inputs = Vec::with_capacity(warmup.inputs.len());
+        for (name, input) in &warmup.inputs {
+            let spec = io
+                .inputs
+                .iter()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| format!("model_warmup '{}': '{name}' is not an input of the model", warmup.name))?;
+            let datatype = pb::DataType::try_from(input.data_type).ok().and_then(DataType::from_config);
+            if datatype != Some(spec.datatype) {
+                return Err(format!("model_warmup '{}': input '{name}' must have data_type {}", warmup.name, spec.datatype.to_config().as_str_name()));
+            }
+            let mut shape = Vec::with_capacity(input.dims.len() + 1);
+            if batching {
+                shape.push(i64::from(warmup.batch_size.max(1)));
+            }
+            shape.extend_from_slice(&input.dims);
+            let sample = match &input.input_data_type {
+                Some(InputDataType::ZeroData(_)) | None => Sample::zeros(name, spec.datatype, shape)?,
+                Some(InputDataType::RandomData(_)) => Sample::random(name, spec.datatype, shape)?,
+                Some(InputDataType::InputDataFile(file)) => {
+                    let path = model_dir.join("warmup").join(file);
+                    let data = std::fs::read(&path)
+                        .map_err(|e| format!("model_warmup '{}': reading {}: {e}", warmup.name, path.display()))?;
+                    Sample { name: name.clone(), datatype: spec.datatype, shape, data }
+                }
+            };
+            inputs.push(sample);
+        }
+        for _ in 0..warmup.count.max(1) {
+            execute(session, &inputs).map_err(|e| format!("model_warmup '{}' failed: {e}", warmup.name))?;
+        }
+    }
+    Ok(())
+}
+
+struct Sample {
+    name: String,
+    datatype: DataType,
+    shape: Vec<i64>,
+    data: Vec<u8>,
+}
+
+impl Sample {
+    fn zeros(name: &str, datatype: DataType, shape: Vec<i64>) -> Result<Self, String> {
+        let count = element_count(&shape)?;
+        let data = match datatype.byte_size() {
+            Some(size) => vec![0; count * size],
+            None => encode_bytes_elements(std::iter::repeat_n(&b""[..], count)),
+        };
+        Ok(Sample { name: name.to_string(), datatype, shape, data })
+    }
+
+    /// Deterministic pseudo-random contents that are valid for the type
+    /// (0/1 for BOOL, finite small floats, short ASCII strings).
+    fn random(name: &str, datatype: DataType, shape: Vec<i64>) -> Result<Self, String> {
+        let count = element_count(&shape)?;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut data = Vec::new();
+        for _ in 0..count {
+            let r = next();
+            match datatype {
+                DataType::Bool => data.push((r & 1) as u8),
+                DataType::Fp32 => data.extend_from_slice(&((r % 1000) as f32 / 1000.0).to_le_bytes()),
+                DataType::Fp64 => data.extend_from_slice(&((r % 1000) as f64 / 1000.0).to_le_bytes()),
+                DataType::Fp16 => data.extend_from_slice(&half::f16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes()),
+                DataType::Bf16 => data.extend_from_slice(&half::bf16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes()),
+                DataType::Bytes => {
+                    let text = format!("w{}", r % 1000);
+                    data.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    data.extend_from_slice(text.as_bytes());
+                }
+                other => {
+                    let size = other.byte_size().expect("fixed-size type; this is a bug");
+                    data.extend_from_slice(&r.to_le_bytes()[..size]);
+                }
+            }
+        }
+        Ok(Sample { name: name.to_string(), datatype, shape, data })
+    }
+}
+
+fn execute(session: &mut Session, samples: &[Sample]) -> Result<(), String> {
+    let inputs: Vec<RunInput<'_>> = samples
+        .iter()
+        .map(|s| RunInput { name: &s.name, datatype: s.datatype, shape: &s.shape, data: &s.data })
+        .collect();
+    session.run(&inputs).map(|_| ())
+}

@@ -1,0 +1,63 @@
+//! The ONNX Runtime boundary: finding and loading the shared library,
+//! building sessions with ferroserve's tuning, reading a graph's signature and
+//! running it on raw tensor bytes. Nothing outside this module knows `ort`.
+
+mod library;
+mod session;
+
+pub use library::locate_library;
+pub use session::{RunInput, Session};
+
+use anyhow::Context;
+use ort::session::builder::PrepackedWeights;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The process-wide ONNX Runtime environment. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    env: Arc<ort::environment::Environment>,
+}
+
+/// How to build one session (one model instance).
+#[derive(Clone)]
+pub struct SessionOptions {
+    /// Threads ONNX Runtime uses inside one operator for this instance.
+    pub intra_op_threads: usize,
+    /// Threads for running independent graph nodes in parallel (1 = sequential).
+    pub inter_op_threads: usize,
+    /// Weights prepacked once and shared by every instance of one version.
+    pub prepacked: Weights,
+}
+
+/// Prepacked weights shared between the instances of one model version.
+#[derive(Clone)]
+pub struct Weights(PrepackedWeights);
+
+impl Default for Weights {
+    fn default() -> Self {
+        Weights(PrepackedWeights::new())
+    }
+}
+
+impl Runtime {
+    /// Loads the ONNX Runtime shared library at `library` and creates the
+    /// environment. Fails with a message naming the path, never panics.
+    pub fn init(library: &Path) -> anyhow::Result<Self> {
+        let builder = ort::init_from(library)
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("loading the ONNX Runtime library {}", library.display()))?;
+        let env = builder
+            .with_name("ferroserve")
+            .build()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .context("creating the ONNX Runtime environment")?;
+        Ok(Runtime { env: Arc::new(env) })
+    }
+
+    /// Builds a session for the model file at `path`. Blocking: call it off
+    /// the async runtime.
+    pub fn load(&self, path: &Path, options: &SessionOptions) -> Result<Session, String> {
+        session::load(&self.env, path, options)
+    }
+}

@@ -1,0 +1,99 @@
+//! Start-up and shutdown of the whole server: ONNX Runtime, metrics, the
+//! repository, the three listeners, and the bounded drain on a signal.
+
+use crate::api;
+use crate::config::{Config, ControlMode};
+use crate::repository::{LoadContext, Repository};
+use crate::runtime::{Runtime, locate_library};
+use crate::shutdown;
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Everything the fronts share.
+pub struct State {
+    pub repository: Arc<Repository>,
+    pub config: Config,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting ferroserve {}", env!("CARGO_PKG_VERSION"));
+    let library = locate_library(config.onnxruntime_library.as_deref()).map_err(anyhow::Error::msg)?;
+    let runtime = Runtime::init(&library)?;
+    tracing::info!(library = %library.display(), "ONNX Runtime loaded");
+    let metrics = crate::telemetry::install()?;
+    if !config.model_repository.is_dir() {
+        anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let repository = Arc::new(Repository::new(
+        config.model_repository.clone(),
+        runtime,
+        LoadContext { cores },
+        config.strict_readiness,
+    ));
+    let state = Arc::new(State { repository: repository.clone(), config: config.clone() });
+
+    // Bind first, so liveness answers while models load (readiness waits).
+    let grpc = bind(config.grpc_address, config.grpc_port, "gRPC").await?;
+    let http = bind(config.http_address, config.http_port, "HTTP").await?;
+    let metrics_listener = bind(config.metrics_address, config.metrics_port, "metrics").await?;
+    println!(
+        "ferroserve listening grpc={} http={} metrics={}",
+        grpc.local_addr()?,
+        http.local_addr()?,
+        metrics_listener.local_addr()?
+    );
+
+    let (trigger, stop) = shutdown::channel();
+    let grpc_task = tokio::spawn(api::grpc::serve(grpc, state.clone(), stop.clone()));
+    let http_task = tokio::spawn(api::http::serve(http, state.clone(), stop.clone()));
+    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, stop.clone()));
+
+    load_initial(&repository, &config).await;
+    repository.set_ready(true);
+    tracing::info!("ready");
+
+    let signal = shutdown::signal().await;
+    tracing::info!(signal, timeout_secs = config.exit_timeout_secs, "shutting down: draining in-flight requests");
+    repository.set_ready(false);
+    let _ = trigger.send(true);
+    let drain = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(config.exit_timeout_secs), drain).await.is_err() {
+        tracing::warn!("exit timeout reached with requests still in flight");
+    }
+    metrics_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(address, port);
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the {what} port {addr}"))
+}
+
+async fn load_initial(repository: &Arc<Repository>, config: &Config) {
+    let all = match repository.scan() {
+        Ok(names) => names,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the model repository");
+            return;
+        }
+    };
+    let names: Vec<String> = match config.model_control_mode {
+        ControlMode::None => all,
+        ControlMode::Explicit if config.load_model.iter().any(|m| m == "*") => all,
+        ControlMode::Explicit => config.load_model.clone(),
+    };
+    for name in names {
+        // Failures are logged and shown in RepositoryIndex; the rest load on.
+        let _ = repository.load(&name).await;
+    }
+}

@@ -1,0 +1,76 @@
+//! Metric names, the Prometheus recorder, and per-version statistics.
+//!
+//! Conventions: base unit seconds, `_total` counters, labels `model`,
+//! `version`, `code` only (bounded cardinality).
+
+mod stats;
+
+pub use stats::{BatchTally, ComputeTimes, Tally, VersionStats};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::time::Duration;
+
+/// Requests answered, by model, version and outcome code ("ok" or an error code).
+pub const REQUESTS_TOTAL: &str = "ferroserve_requests_total";
+/// End-to-end request latency inside the server, seconds.
+pub const REQUEST_DURATION: &str = "ferroserve_request_duration_seconds";
+/// Time a request waited for an instance, seconds.
+pub const QUEUE_DURATION: &str = "ferroserve_queue_duration_seconds";
+/// Time an instance spent running the model, seconds.
+pub const COMPUTE_DURATION: &str = "ferroserve_compute_duration_seconds";
+/// Model version loads by outcome ("ok" / "error").
+pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
+/// Versions currently ready to serve.
+pub const MODELS_READY: &str = "ferroserve_models_ready";
+
+/// Latency buckets from 50 µs to 10 s, roughly ×2 apart.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Installs the global Prometheus recorder; the handle renders /metrics.
+pub fn install() -> anyhow::Result<PrometheusHandle> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+fn describe() {
+    metrics::describe_counter!(REQUESTS_TOTAL, "Inference requests answered, by outcome code");
+    metrics::describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Inference request latency inside the server"
+    );
+    metrics::describe_histogram!(QUEUE_DURATION, metrics::Unit::Seconds, "Time requests waited for an instance");
+    metrics::describe_histogram!(COMPUTE_DURATION, metrics::Unit::Seconds, "Model execution time");
+    metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
+    metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
+}
+
+/// Records one answered inference request.
+pub fn record_request(model: &str, version: &str, code: &'static str, elapsed: Duration) {
+    let labels = [("model", model.to_string()), ("version", version.to_string())];
+    metrics::counter!(REQUESTS_TOTAL, &[&labels[..], &[("code", code.to_string())]].concat()).increment(1);
+    metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Records the queue and compute time of one execution.
+pub fn record_execution(model: &str, version: &str, queue: Duration, compute: Duration) {
+    let labels = [("model", model.to_string()), ("version", version.to_string())];
+    metrics::histogram!(QUEUE_DURATION, &labels).record(queue.as_secs_f64());
+    metrics::histogram!(COMPUTE_DURATION, &labels).record(compute.as_secs_f64());
+}
+
+pub fn record_load(model: &str, version: &str, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(MODEL_LOADS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+pub fn set_models_ready(count: usize) {
+    metrics::gauge!(MODELS_READY).set(count as f64);
+}

@@ -1,0 +1,163 @@
+//! Test support: starts the real ferroserve binary on free loopback ports
+//! and stops it when the handle drops.
+
+#![allow(dead_code)]
+
+use ferroserve::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
+
+/// A running server; killed on drop.
+pub struct Server {
+    child: Child,
+    pub grpc: String,
+    pub http: String,
+    pub metrics: String,
+}
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The shipped example repository.
+pub fn shipped_models() -> PathBuf {
+    repo_root().join("models")
+}
+
+/// The test-only models.
+pub fn test_models() -> PathBuf {
+    repo_root().join("tests/models")
+}
+
+/// Copies model directories into a fresh temporary repository.
+pub fn temp_repository(models: &[(&Path, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("creating a temporary repository");
+    for (source, name) in models {
+        copy_dir(&source.join(name), &dir.path().join(name));
+    }
+    dir
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+impl Server {
+    /// Starts ferroserve on `repository` with extra flags, and waits until it
+    /// reports ready (or fails the test after 60 s).
+    pub fn start(repository: &Path, extra: &[&str]) -> Server {
+        let server = Self::spawn(repository, extra);
+        server.wait_ready();
+        server
+    }
+
+    /// Starts ferroserve and returns once its ports are known (not ready yet).
+    pub fn spawn(repository: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
+            .arg("--model-repository")
+            .arg(repository)
+            .args(["--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"])
+            .args(["--grpc-address", "127.0.0.1", "--http-address", "127.0.0.1", "--metrics-address", "127.0.0.1"])
+            .args(extra)
+            .current_dir(repo_root())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting the ferroserve binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("reading the listening line");
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{key}=")).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {key}= in start-up line {line:?}"))
+        };
+        Server { grpc: field("grpc"), http: field("http"), metrics: field("metrics"), child }
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = self.http_url("/v2/health/ready");
+        while Instant::now() < deadline {
+            if let Ok(r) = http_probe::status(&url) {
+                if r == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("ferroserve did not become ready within 60 s");
+    }
+
+    pub async fn grpc_client(&self) -> GrpcClient {
+        GrpcInferenceServiceClient::connect(format!("http://{}", self.grpc))
+            .await
+            .expect("connecting to the gRPC port")
+            .max_decoding_message_size(256 << 20)
+            .max_encoding_message_size(256 << 20)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id() as i32;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc_kill(pid, 15) };
+        self.child.wait().expect("waiting for ferroserve")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, signal: i32) -> i32;
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny synchronous GET for readiness polling, without a runtime.
+mod http_probe {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    pub fn status(url: &str) -> std::io::Result<u16> {
+        let rest = url.strip_prefix("http://").unwrap_or(url);
+        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = TcpStream::connect(host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .ok_or_else(|| std::io::Error::other("no status line"))
+    }
+}
