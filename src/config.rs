@@ -14,7 +14,11 @@ pub enum ControlMode {
 }
 
 #[derive(Debug, Clone, Parser)]
-#[command(name = "ferroserve", version, about = "Low-latency ONNX inference server (Open Inference Protocol / Triton compatible)")]
+#[command(
+    name = "ferroserve",
+    version,
+    about = "Low-latency ONNX inference server (Open Inference Protocol / Triton compatible)"
+)]
 pub struct Config {
     /// Directory holding <model>/<version>/model.onnx and optional <model>/config.pbtxt.
     #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models")]

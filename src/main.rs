@@ -12,10 +12,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("building the tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
     match runtime.block_on(ferroserve::server::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

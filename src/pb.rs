@@ -6,5 +6,4 @@
 tonic::include_proto!("inference");
 
 /// The encoded `FileDescriptorSet` of proto/, produced by build.rs.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/inference_descriptor.bin"));

@@ -74,9 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(address, port);
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the {what} port {addr}"))
+    TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}"))
 }
 
 async fn load_initial(repository: &Arc<Repository>, config: &Config) {

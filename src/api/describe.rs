@@ -28,7 +28,11 @@ pub fn model_metadata(repository: &Repository, name: &str, version: &str) -> Res
             .map(|s| pb::model_metadata_response::TensorMetadata {
                 name: s.name.clone(),
                 datatype: s.datatype.wire_name().to_string(),
-                shape: if batching { std::iter::once(-1).chain(s.dims.iter().copied()).collect() } else { s.dims.clone() },
+                shape: if batching {
+                    std::iter::once(-1).chain(s.dims.iter().copied()).collect()
+                } else {
+                    s.dims.clone()
+                },
             })
             .collect()
     };
@@ -123,10 +127,8 @@ pub fn to_json<M: Message>(message: &M, full_name: &str) -> Result<serde_json::V
         .ok_or_else(|| Error::internal(format!("no message {full_name}; this is a bug")))?;
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
         .map_err(|e| Error::internal(format!("re-encoding {full_name}: {e}")))?;
-    let options = SerializeOptions::new()
-        .stringify_64_bit_integers(false)
-        .use_proto_field_name(true)
-        .skip_default_fields(false);
+    let options =
+        SerializeOptions::new().stringify_64_bit_integers(false).use_proto_field_name(true).skip_default_fields(false);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
         .map_err(|e| Error::internal(format!("serializing {full_name}: {e}")))

@@ -9,10 +9,5 @@ mod status;
 pub use status::{grpc_status, http_status};
 
 /// Protocol extensions ferroserve implements, as ServerMetadata lists them.
-pub const EXTENSIONS: &[&str] = &[
-    "model_repository",
-    "model_configuration",
-    "binary_tensor_data",
-    "parameters",
-    "statistics",
-];
+pub const EXTENSIONS: &[&str] =
+    &["model_repository", "model_configuration", "binary_tensor_data", "parameters", "statistics"];

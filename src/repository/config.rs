@@ -30,9 +30,7 @@ pub fn parse(text: &str) -> Result<pb::ModelConfig, String> {
         .expect("model_config.proto defines ModelConfig; this is a bug");
     let text = colon_before_lists(text);
     let message = DynamicMessage::parse_text_format(descriptor, &text).map_err(|e| format!("config.pbtxt: {e}"))?;
-    message
-        .transcode_to::<pb::ModelConfig>()
-        .map_err(|e| format!("config.pbtxt: {e}"))
+    message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("config.pbtxt: {e}"))
 }
 
 /// Protobuf's own text parser accepts `input [ { ... } ]` (no colon before a
@@ -207,7 +205,7 @@ fn check_declared(
             spec.datatype.to_config().as_str_name()
         ));
     }
-    if dims.is_empty() && reshape.is_none() && !(spec.dims.len() == usize::from(batching)) {
+    if dims.is_empty() && reshape.is_none() && spec.dims.len() != usize::from(batching) {
         return Err(format!("config {side} '{name}' needs dims"));
     }
     let graph_dims = to_graph_dims(dims, reshape, batching);
@@ -221,7 +219,10 @@ fn check_declared(
     if let Some(r) = reshape {
         let known = |d: &[i64]| d.iter().all(|&x| x >= 0);
         if known(dims) && known(&r.shape) && dims.iter().product::<i64>() != r.shape.iter().product::<i64>() {
-            return Err(format!("config {side} '{name}' reshape {:?} has a different element count from dims {dims:?}", r.shape));
+            return Err(format!(
+                "config {side} '{name}' reshape {:?} has a different element count from dims {dims:?}",
+                r.shape
+            ));
         }
     }
     Ok((spec.clone(), graph_dims))
@@ -247,7 +248,10 @@ fn complete_side(
     let mut specs = Vec::with_capacity(declared.len());
     for input in declared.iter() {
         if input.is_shape_tensor || input.allow_ragged_batch {
-            return Err(format!("config input '{}': is_shape_tensor and allow_ragged_batch are not supported", input.name));
+            return Err(format!(
+                "config input '{}': is_shape_tensor and allow_ragged_batch are not supported",
+                input.name
+            ));
         }
         let (spec, graph_dims) =
             check_declared(side, &input.name, input.data_type, &input.dims, input.reshape.as_ref(), graph, batching)?;
@@ -284,10 +288,20 @@ fn complete_outputs(
     let mut specs = Vec::with_capacity(declared.len());
     for output in declared.iter() {
         if output.is_shape_tensor || !output.label_filename.is_empty() {
-            return Err(format!("config output '{}': is_shape_tensor and label_filename are not supported", output.name));
+            return Err(format!(
+                "config output '{}': is_shape_tensor and label_filename are not supported",
+                output.name
+            ));
         }
-        let (spec, graph_dims) =
-            check_declared("output", &output.name, output.data_type, &output.dims, output.reshape.as_ref(), graph, batching)?;
+        let (spec, graph_dims) = check_declared(
+            "output",
+            &output.name,
+            output.data_type,
+            &output.dims,
+            output.reshape.as_ref(),
+            graph,
+            batching,
+        )?;
         specs.push(IoSpec {
             name: spec.name,
             datatype: spec.datatype,
@@ -349,10 +363,7 @@ fn check_batching(config: &pb::ModelConfig) -> Result<(), String> {
         return Err("dynamic_batching needs max_batch_size > 0".into());
     }
     if let Some(&bad) = batching.preferred_batch_size.iter().find(|&&s| s < 1 || s > config.max_batch_size) {
-        return Err(format!(
-            "dynamic_batching preferred_batch_size {bad} is outside 1..={}",
-            config.max_batch_size
-        ));
+        return Err(format!("dynamic_batching preferred_batch_size {bad} is outside 1..={}", config.max_batch_size));
     }
     if batching.priority_levels > 0 {
         return Err("dynamic_batching priority_levels is not supported".into());

@@ -44,6 +44,8 @@ struct ModelState {
     /// that it was unloaded.
     problem: Option<String>,
     loading: bool,
+    /// Taken out of service on request; --strict-readiness ignores it.
+    unloaded: bool,
 }
 
 pub struct Repository {
@@ -87,8 +89,10 @@ impl Repository {
             return true;
         }
         let models = self.models.read();
-        models.values().all(|m| {
-            m.problem.is_none() && !m.versions.is_empty() && m.versions.values().all(|v| matches!(v, VersionState::Ready(_)))
+        models.values().filter(|m| !m.unloaded).all(|m| {
+            m.problem.is_none()
+                && !m.versions.is_empty()
+                && m.versions.values().all(|v| matches!(v, VersionState::Ready(_)))
         })
     }
 
@@ -130,7 +134,9 @@ impl Repository {
             }
         };
         let versions = match scan::select_versions(dir, config.version_policy.as_ref()) {
-            Ok(v) if v.is_empty() => Err(format!("no version directory of {} matches its version policy", dir.display())),
+            Ok(v) if v.is_empty() => {
+                Err(format!("no version directory of {} matches its version policy", dir.display()))
+            }
             other => other,
         };
         let versions = match versions {
@@ -164,10 +170,8 @@ impl Repository {
     /// the version they hold; its instances exit once their queue drains.
     pub fn unload(&self, name: &str) -> Result<()> {
         let mut models = self.models.write();
-        let state = models
-            .get_mut(name)
-            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        *state = ModelState { problem: Some("unloaded".into()), ..Default::default() };
+        let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        *state = ModelState { problem: Some("unloaded".into()), unloaded: true, ..Default::default() };
         drop(models);
         tracing::info!(model = %name, "model unloaded");
         self.publish_ready_count();
@@ -177,9 +181,7 @@ impl Repository {
     /// The version a request names, or the highest ready version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>> {
         let models = self.models.read();
-        let state = models
-            .get(name)
-            .ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
         if version.is_empty() {
             return state
                 .versions
@@ -194,14 +196,13 @@ impl Repository {
                     Error::Unavailable(format!("model '{name}' is not ready: {why}"))
                 });
         }
-        let number: i64 = version
-            .parse()
-            .map_err(|_| Error::not_found(format!("unknown version '{version}' of model '{name}'")))?;
+        let number: i64 =
+            version.parse().map_err(|_| Error::not_found(format!("unknown version '{version}' of model '{name}'")))?;
         match state.versions.get(&number) {
             Some(VersionState::Ready(m)) => Ok(m.clone()),
-            Some(VersionState::Failed(reason)) => Err(Error::Unavailable(format!(
-                "model '{name}' version {number} is not ready: {reason}"
-            ))),
+            Some(VersionState::Failed(reason)) => {
+                Err(Error::Unavailable(format!("model '{name}' version {number} is not ready: {reason}")))
+            }
             None => Err(Error::not_found(format!("unknown version '{version}' of model '{name}'"))),
         }
     }
@@ -295,11 +296,8 @@ impl Repository {
 
     fn publish_ready_count(&self) {
         let models = self.models.read();
-        let ready = models
-            .values()
-            .flat_map(|m| m.versions.values())
-            .filter(|v| matches!(v, VersionState::Ready(_)))
-            .count();
+        let ready =
+            models.values().flat_map(|m| m.versions.values()).filter(|v| matches!(v, VersionState::Ready(_))).count();
         telemetry::set_models_ready(ready);
     }
 

@@ -26,11 +26,7 @@ pub fn model_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
         return Err(format!("'{name}' is not a valid model name"));
     }
     let dir = root.join(name);
-    if dir.is_dir() {
-        Ok(dir)
-    } else {
-        Err(format!("no model '{name}' in the repository {}", root.display()))
-    }
+    if dir.is_dir() { Ok(dir) } else { Err(format!("no model '{name}' in the repository {}", root.display())) }
 }
 
 /// The model's config.pbtxt, or an empty config to complete from the graph.

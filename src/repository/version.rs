@@ -10,7 +10,7 @@ use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
 use crate::scheduler::{Labels, Scheduler};
 use crate::telemetry::VersionStats;
-use crate::tensor::{shape_matches, Tensor};
+use crate::tensor::{Tensor, shape_matches};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -59,8 +59,8 @@ impl ModelVersion {
             return Err(format!("{} does not exist", path.display()));
         }
         let instances = config::instance_count(&config);
-        let intra = config::parameter(&config, "intra_op_thread_count")
-            .unwrap_or_else(|| (context.cores / instances).max(1));
+        let intra =
+            config::parameter(&config, "intra_op_thread_count").unwrap_or_else(|| (context.cores / instances).max(1));
         let options = SessionOptions {
             intra_op_threads: intra,
             inter_op_threads: config::parameter(&config, "inter_op_thread_count").unwrap_or(1),
@@ -156,11 +156,8 @@ impl ModelVersion {
             tensor.check_len()?;
             inputs.push(Tensor { shape: graph_shape(spec, &tensor.shape, batching), ..tensor.clone() });
         }
-        if let Some(missing) = self
-            .io
-            .inputs
-            .iter()
-            .find(|s| !s.optional && !request.inputs.iter().any(|t| t.name == s.name))
+        if let Some(missing) =
+            self.io.inputs.iter().find(|s| !s.optional && !request.inputs.iter().any(|t| t.name == s.name))
         {
             return Err(Error::invalid(format!(
                 "missing input '{}' for model '{}' (expects {})",
@@ -197,10 +194,7 @@ impl ModelVersion {
         let wanted: Vec<&IoSpec> = if requested.is_empty() {
             self.io.outputs.iter().collect()
         } else {
-            requested
-                .iter()
-                .filter_map(|n| self.io.outputs.iter().find(|s| &s.name == n))
-                .collect()
+            requested.iter().filter_map(|n| self.io.outputs.iter().find(|s| &s.name == n)).collect()
         };
         let batching = self.io.max_batch_size > 0;
         let mut outputs = Vec::with_capacity(wanted.len());

@@ -5,7 +5,7 @@ use super::config::ModelIo;
 use crate::pb;
 use crate::pb::model_warmup::input::InputDataType;
 use crate::runtime::{RunInput, Session};
-use crate::tensor::{element_count, encode_bytes_elements, DataType};
+use crate::tensor::{DataType, element_count, encode_bytes_elements};
 use std::path::Path;
 
 /// Runs every warmup sample `count` times on `session`. A configured sample
@@ -36,7 +36,11 @@ pub fn run(session: &mut Session, config: &pb::ModelConfig, io: &ModelIo, model_
                 .ok_or_else(|| format!("model_warmup '{}': '{name}' is not an input of the model", warmup.name))?;
             let datatype = pb::DataType::try_from(input.data_type).ok().and_then(DataType::from_config);
             if datatype != Some(spec.datatype) {
-                return Err(format!("model_warmup '{}': input '{name}' must have data_type {}", warmup.name, spec.datatype.to_config().as_str_name()));
+                return Err(format!(
+                    "model_warmup '{}': input '{name}' must have data_type {}",
+                    warmup.name,
+                    spec.datatype.to_config().as_str_name()
+                ));
             }
             let mut shape = Vec::with_capacity(input.dims.len() + 1);
             if batching {
@@ -97,8 +101,12 @@ impl Sample {
                 DataType::Bool => data.push((r & 1) as u8),
                 DataType::Fp32 => data.extend_from_slice(&((r % 1000) as f32 / 1000.0).to_le_bytes()),
                 DataType::Fp64 => data.extend_from_slice(&((r % 1000) as f64 / 1000.0).to_le_bytes()),
-                DataType::Fp16 => data.extend_from_slice(&half::f16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes()),
-                DataType::Bf16 => data.extend_from_slice(&half::bf16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes()),
+                DataType::Fp16 => {
+                    data.extend_from_slice(&half::f16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes())
+                }
+                DataType::Bf16 => {
+                    data.extend_from_slice(&half::bf16::from_f32((r % 1000) as f32 / 1000.0).to_le_bytes())
+                }
                 DataType::Bytes => {
                     let text = format!("w{}", r % 1000);
                     data.extend_from_slice(&(text.len() as u32).to_le_bytes());

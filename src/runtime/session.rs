@@ -2,13 +2,13 @@
 //! (one copy in, one copy out).
 
 use super::SessionOptions;
-use crate::tensor::{bytes_elements, encode_bytes_elements, DataType, Tensor, TensorSpec};
+use crate::telemetry::ComputeTimes;
+use crate::tensor::{DataType, Tensor, TensorSpec, bytes_elements, encode_bytes_elements};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
-use crate::telemetry::ComputeTimes;
 
 /// A loaded model instance. `run` takes `&mut self`: one owner at a time.
 pub struct Session {
@@ -38,16 +38,8 @@ pub(super) fn load(
         .and_then(|b| b.with_prepacked_weights(&options.prepacked.0).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e: ort::Error| format!("ONNX Runtime could not load {}: {e}", path.display()))?;
-    let inputs = session
-        .inputs()
-        .iter()
-        .map(|o| spec(o.name(), o.dtype()))
-        .collect::<Result<_, _>>()?;
-    let outputs = session
-        .outputs()
-        .iter()
-        .map(|o| spec(o.name(), o.dtype()))
-        .collect::<Result<_, _>>()?;
+    let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
+    let outputs = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
     Ok(Session { session, inputs, outputs })
 }
 
@@ -135,9 +127,8 @@ impl Session {
 
     fn make_value(&self, input: &RunInput<'_>) -> Result<ort::value::DynValue, String> {
         if input.datatype == DataType::Bytes {
-            let strings = bytes_elements(input.data)
-                .map(|e| e.map(|b| RawString(b.to_vec())))
-                .collect::<Result<Vec<_>, _>>()?;
+            let strings =
+                bytes_elements(input.data).map(|e| e.map(|b| RawString(b.to_vec()))).collect::<Result<Vec<_>, _>>()?;
             if strings.iter().any(|s| s.0.contains(&0)) {
                 return Err("BYTES elements with NUL bytes cannot be passed to an ONNX string tensor".into());
             }

@@ -7,8 +7,8 @@ mod worker;
 
 use crate::error::{Error, Result};
 use crate::runtime::Session;
-use crate::tensor::Tensor;
 use crate::telemetry::VersionStats;
+use crate::tensor::Tensor;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -44,12 +44,7 @@ impl Scheduler {
     pub fn start(labels: Labels, sessions: Vec<Session>, queue_size: usize, stats: Arc<VersionStats>) -> Self {
         let (queue, jobs) = async_channel::bounded(queue_size.max(1));
         for (index, session) in sessions.into_iter().enumerate() {
-            let worker = worker::Worker {
-                labels: labels.clone(),
-                session,
-                jobs: jobs.clone(),
-                stats: stats.clone(),
-            };
+            let worker = worker::Worker { labels: labels.clone(), session, jobs: jobs.clone(), stats: stats.clone() };
             std::thread::Builder::new()
                 .name(format!("{}-{}-{index}", labels.model, labels.version))
                 .spawn(move || worker.run())
@@ -62,13 +57,8 @@ impl Scheduler {
     pub async fn submit(&self, inputs: Vec<Tensor>, batch_size: u64, deadline: Option<Instant>) -> Result<Vec<Tensor>> {
         let (reply, outputs) = oneshot::channel();
         let job = Job { inputs, batch_size, deadline, enqueued: Instant::now(), reply };
-        self.queue
-            .send(job)
-            .await
-            .map_err(|_| Error::Unavailable("the model version is unloading".into()))?;
-        outputs
-            .await
-            .map_err(|_| Error::internal("the model instance stopped before answering"))?
+        self.queue.send(job).await.map_err(|_| Error::Unavailable("the model version is unloading".into()))?;
+        outputs.await.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
 
     /// Jobs waiting for an instance.

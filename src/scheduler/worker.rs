@@ -25,9 +25,9 @@ impl Worker {
             let started = Instant::now();
             let queued = started - job.enqueued;
             if job.deadline.is_some_and(|d| d <= started) {
-                let _ = job.reply.send(Err(Error::DeadlineExceeded(
-                    "the request's deadline passed while it was queued".into(),
-                )));
+                let _ = job
+                    .reply
+                    .send(Err(Error::DeadlineExceeded("the request's deadline passed while it was queued".into())));
                 continue;
             }
             self.stats.queue.add(queued);

@@ -24,10 +24,8 @@ pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 pub const MODELS_READY: &str = "ferroserve_models_ready";
 
 /// Latency buckets from 50 µs to 10 s, roughly ×2 apart.
-pub const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+pub const LATENCY_BUCKETS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Installs the global Prometheus recorder; the handle renders /metrics.
 pub fn install() -> anyhow::Result<PrometheusHandle> {

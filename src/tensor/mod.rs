@@ -35,8 +35,7 @@ impl Tensor {
     /// Checks that the byte length agrees with shape and datatype, returning
     /// the element count. Names the tensor in every error.
     pub fn check_len(&self) -> Result<usize> {
-        let count = element_count(&self.shape)
-            .map_err(|e| Error::invalid(format!("input '{}': {e}", self.name)))?;
+        let count = element_count(&self.shape).map_err(|e| Error::invalid(format!("input '{}': {e}", self.name)))?;
         match self.datatype.byte_size() {
             Some(size) => {
                 let expected = count.checked_mul(size).ok_or_else(|| {
@@ -82,10 +81,8 @@ pub fn bytes_elements(data: &[u8]) -> impl Iterator<Item = Result<&[u8], String>
         }
         let len = u32::from_le_bytes(rest[..4].try_into().expect("4 bytes; this is a bug")) as usize;
         if rest.len() - 4 < len {
-            let err = format!(
-                "BYTES element of length {len} runs past the end of the data ({} bytes left)",
-                rest.len() - 4
-            );
+            let err =
+                format!("BYTES element of length {len} runs past the end of the data ({} bytes left)", rest.len() - 4);
             rest = &[];
             return Some(Err(err));
         }

@@ -5,8 +5,7 @@
 pub fn element_count(shape: &[i64]) -> Result<usize, String> {
     shape.iter().try_fold(1usize, |n, &d| {
         let d = usize::try_from(d).map_err(|_| format!("shape {shape:?} has a negative dimension"))?;
-        n.checked_mul(d)
-            .ok_or_else(|| format!("shape {shape:?} overflows the element count"))
+        n.checked_mul(d).ok_or_else(|| format!("shape {shape:?} overflows the element count"))
     })
 }
 

@@ -97,10 +97,8 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(60);
         let url = self.http_url("/v2/health/ready");
         while Instant::now() < deadline {
-            if let Ok(r) = http_probe::status(&url) {
-                if r == 200 {
-                    return;
-                }
+            if let Ok(200) = http_probe::status(&url) {
+                return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }

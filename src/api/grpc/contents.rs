@@ -45,11 +45,11 @@ pub fn to_raw(name: &str, datatype: DataType, contents: &InferTensorContents) ->
         DataType::Fp32 => contents.fp32_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Fp64 => contents.fp64_contents.iter().flat_map(|v| v.to_le_bytes()).collect(),
         DataType::Bytes => encode_bytes_elements(contents.bytes_contents.iter().map(|b| &b[..])),
-        DataType::Fp16 | DataType::Bf16 => {
-            return Err(Error::invalid(format!(
-                "input '{name}': {datatype} has no typed contents field; send it in raw_input_contents"
-            )));
-        }
+        // Any typed field was refused above ("must be in raw_input_contents"),
+        // so there are no values: an empty tensor, as for every other type.
+        // This is how a request that uses typed contents for its other inputs
+        // gives a zero-element FP16/BF16 input (raw and typed cannot be mixed).
+        DataType::Fp16 | DataType::Bf16 => Vec::new(),
     })
 }
 
@@ -99,11 +99,16 @@ mod tests {
         let contents = InferTensorContents { int_contents: vec![1], ..Default::default() };
         let err = to_raw("x", DataType::Fp32, &contents).unwrap_err().to_string();
         assert!(err.contains("must be in fp32_contents, received int_contents"), "{err}");
+        let contents = InferTensorContents { fp32_contents: vec![1.0], ..Default::default() };
+        let err = to_raw("x", DataType::Fp16, &contents).unwrap_err().to_string();
+        assert!(err.contains("FP16 data must be in raw_input_contents, received fp32_contents"), "{err}");
     }
 
     #[test]
     fn empty_contents_give_empty_tensors() {
         let contents = InferTensorContents::default();
         assert_eq!(to_raw("x", DataType::Fp32, &contents).unwrap(), Vec::<u8>::new());
+        assert_eq!(to_raw("x", DataType::Fp16, &contents).unwrap(), Vec::<u8>::new());
+        assert_eq!(to_raw("x", DataType::Bf16, &contents).unwrap(), Vec::<u8>::new());
     }
 }

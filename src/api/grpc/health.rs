@@ -28,8 +28,10 @@ fn status(repository: &Repository, service: &str) -> Result<ServingStatus, Statu
     match service {
         "" | "inference.GRPCInferenceService" => Ok(serving(repository.is_ready())),
         model => match repository.get(model, "") {
-            Ok(_) => Ok(serving(repository.is_ready())),
-            Err(crate::error::Error::NotFound(_)) if repository.scan().unwrap_or_default().iter().all(|m| m != model) => {
+            Ok(_) => Ok(ServingStatus::Serving),
+            Err(crate::error::Error::NotFound(_))
+                if repository.scan().unwrap_or_default().iter().all(|m| m != model) =>
+            {
                 Err(Status::not_found(format!("unknown service or model '{model}'")))
             }
             Err(_) => Ok(ServingStatus::NotServing),

@@ -6,9 +6,9 @@ mod contents;
 mod health;
 mod service;
 
+use crate::pb;
 use crate::server::State;
 use crate::shutdown::Shutdown;
-use crate::pb;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -26,18 +26,14 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// calls finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
     let limit = state.config.max_message_bytes;
-    let inference = pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(
-        state.clone(),
-    ))
-    .max_decoding_message_size(limit)
-    .max_encoding_message_size(limit);
+    let inference =
+        pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
+            .max_decoding_message_size(limit)
+            .max_encoding_message_size(limit);
     let health = tonic_health::pb::health_server::HealthServer::new(HealthService::new(state.repository.clone()));
-    let reflection_v1 = reflection()
-        .build_v1()
-        .expect("the embedded descriptor sets are valid; this is a bug");
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .expect("the embedded descriptor sets are valid; this is a bug");
+    let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid; this is a bug");
+    let reflection_v1alpha =
+        reflection().build_v1alpha().expect("the embedded descriptor sets are valid; this is a bug");
     let incoming = TcpListenerStream::new(listener);
     let result = tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -46,15 +46,11 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
     let mut raw = request.raw_input_contents.into_iter();
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
-            Error::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
-        })?;
+        let datatype = DataType::from_wire(&input.datatype)
+            .ok_or_else(|| Error::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
         let data = match (raw.next(), &input.contents) {
             (Some(_), Some(c)) if c != &pb::InferTensorContents::default() => {
-                return Err(Error::invalid(format!(
-                    "input '{}' has both contents and raw_input_contents",
-                    input.name
-                )));
+                return Err(Error::invalid(format!("input '{}' has both contents and raw_input_contents", input.name)));
             }
             (Some(bytes), _) => bytes,
             (None, Some(c)) => contents::to_raw(&input.name, datatype, c)?.into(),
@@ -78,9 +74,8 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         let at = Instant::now() + Duration::from_micros(micros);
         deadline = Some(deadline.map_or(at, |d| d.min(at)));
     }
-    if let Some(key) = ["sequence_id", "sequence_start", "sequence_end"]
-        .iter()
-        .find(|k| request.parameters.contains_key(**k))
+    if let Some(key) =
+        ["sequence_id", "sequence_start", "sequence_end"].iter().find(|k| request.parameters.contains_key(**k))
     {
         return Err(Error::Unimplemented(format!("parameter '{key}': sequence batching is not supported")));
     }
@@ -258,9 +253,7 @@ impl GrpcInferenceService for Inference {
         check_repository_name(&r.repository_name).map_err(grpc_status)?;
         self.explicit_mode().map_err(grpc_status)?;
         if let Some(key) = r.parameters.keys().next() {
-            return Err(grpc_status(Error::Unimplemented(format!(
-                "load parameter '{key}' is not supported yet"
-            ))));
+            return Err(grpc_status(Error::Unimplemented(format!("load parameter '{key}' is not supported yet"))));
         }
         self.state.repository.load(&r.model_name).await.map_err(grpc_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))

@@ -49,11 +49,7 @@ pub struct OutputEncoding {
 
 impl OutputEncoding {
     fn binary(&self, name: &str) -> bool {
-        self.explicit
-            .iter()
-            .find(|(n, _)| n == name)
-            .and_then(|(_, b)| *b)
-            .unwrap_or(self.binary_default)
+        self.explicit.iter().find(|(n, _)| n == name).and_then(|(_, b)| *b).unwrap_or(self.binary_default)
     }
 }
 
@@ -85,9 +81,8 @@ pub fn decode(
     let mut binary = body.slice(json_len..);
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let datatype = DataType::from_wire(&input.datatype).ok_or_else(|| {
-            Error::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype))
-        })?;
+        let datatype = DataType::from_wire(&input.datatype)
+            .ok_or_else(|| Error::invalid(format!("input '{}': unknown datatype '{}'", input.name, input.datatype)))?;
         let size = match input.parameters.get("binary_data_size") {
             None => None,
             Some(v) => Some(v.as_u64().ok_or_else(|| {

@@ -40,6 +40,8 @@ fn push(out: &mut Vec<u8>, datatype: DataType, value: &Value) -> Result<(), &'st
         }};
     }
     let float = || value.as_f64().ok_or("expected a number");
+    // JSON numbers are finite: one that narrows to infinity is out of range.
+    let finite = |infinite: bool| if infinite { Err("out of range") } else { Ok(()) };
     match datatype {
         DataType::Bool => out.push(u8::from(value.as_bool().ok_or("expected true or false")?)),
         DataType::Uint8 => int!(u8),
@@ -50,9 +52,21 @@ fn push(out: &mut Vec<u8>, datatype: DataType, value: &Value) -> Result<(), &'st
         DataType::Int16 => int!(i16),
         DataType::Int32 => int!(i32),
         DataType::Int64 => int!(i64),
-        DataType::Fp16 => out.extend_from_slice(&half::f16::from_f64(float()?).to_le_bytes()),
-        DataType::Bf16 => out.extend_from_slice(&half::bf16::from_f64(float()?).to_le_bytes()),
-        DataType::Fp32 => out.extend_from_slice(&(float()? as f32).to_le_bytes()),
+        DataType::Fp16 => {
+            let v = half::f16::from_f64(float()?);
+            finite(v.is_infinite())?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        DataType::Bf16 => {
+            let v = half::bf16::from_f64(float()?);
+            finite(v.is_infinite())?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        DataType::Fp32 => {
+            let v = float()? as f32;
+            finite(v.is_infinite())?;
+            out.extend_from_slice(&v.to_le_bytes());
+        }
         DataType::Fp64 => out.extend_from_slice(&float()?.to_le_bytes()),
         DataType::Bytes => {
             let s = value.as_str().ok_or("expected a string")?;
@@ -112,6 +126,20 @@ mod tests {
         assert!(err.contains("element 1 (256) is not a valid UINT8: out of range"), "{err}");
         let err = decode("x", DataType::Bool, &json!([1])).unwrap_err().to_string();
         assert!(err.contains("expected true or false"), "{err}");
+    }
+
+    #[test]
+    fn floats_that_overflow_the_datatype_are_out_of_range() {
+        for (datatype, max, over) in [
+            (DataType::Fp16, 65504.0, 70000.0),
+            (DataType::Bf16, 3.0e38, 3.5e38),
+            (DataType::Fp32, f64::from(f32::MAX), 1e39),
+        ] {
+            assert!(decode("x", datatype, &json!([max, -max])).is_ok(), "{datatype}");
+            let err = decode("x", datatype, &json!([0.0, -over])).unwrap_err().to_string();
+            assert!(err.contains("element 1") && err.contains("out of range"), "{datatype}: {err}");
+        }
+        assert!(decode("x", DataType::Fp64, &json!([1e300])).is_ok());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use crate::shutdown::Shutdown;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State as Shared};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
@@ -53,9 +54,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.wait())
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "HTTP server failed");
     }
@@ -91,6 +90,13 @@ async fn not_found() -> Response {
     error_response(Error::not_found("no such route"))
 }
 
+/// A known route with the wrong method: 405 (axum keeps the Allow header),
+/// with the JSON error body every other failure has.
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let message = format!("method {method} is not allowed on {}", uri.path());
+    (StatusCode::METHOD_NOT_ALLOWED, axum::Json(json!({ "error": message }))).into_response()
+}
+
 async fn server_metadata() -> Response {
     json_reply(describe::to_json(&describe::server_metadata(), "inference.ServerMetadataResponse"))
 }
@@ -114,10 +120,7 @@ async fn model_metadata(Shared(state): Shared<AppState>, Path(model): Path<Strin
     metadata(&state, &model, "")
 }
 
-async fn version_metadata(
-    Shared(state): Shared<AppState>,
-    Path((model, version)): Path<(String, String)>,
-) -> Response {
+async fn version_metadata(Shared(state): Shared<AppState>, Path((model, version)): Path<(String, String)>) -> Response {
     metadata(&state, &model, &version)
 }
 
@@ -139,12 +142,7 @@ async fn version_ready(Shared(state): Shared<AppState>, Path((model, version)): 
 }
 
 fn config(state: &State, model: &str, version: &str) -> Response {
-    json_reply(
-        state
-            .repository
-            .config(model, version)
-            .and_then(|c| describe::to_json(&c, "inference.ModelConfig")),
-    )
+    json_reply(state.repository.config(model, version).and_then(|c| describe::to_json(&c, "inference.ModelConfig")))
 }
 
 async fn model_config(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
@@ -177,18 +175,21 @@ async fn version_stats(Shared(state): Shared<AppState>, Path((model, version)): 
 /// Reads a whole body within --max-message-bytes.
 async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
     let limit = state.config.max_message_bytes;
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        Error::ResourceExhausted(format!("request body over the {limit}-byte limit or unreadable: {e}"))
-    })
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|e| Error::ResourceExhausted(format!("request body over the {limit}-byte limit or unreadable: {e}")))
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
     let body = read_body(&state, body).await?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
-        Some(v) => Some(v.to_str().ok().and_then(|s| s.trim().parse::<usize>().ok()).ok_or_else(|| {
-            Error::invalid("Inference-Header-Content-Length must be a non-negative integer")
-        })?),
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
+        ),
     };
     let (request, encoding) = codec::decode(&model, &version, body, header_length)?;
     let response = state.repository.infer(request).await?;

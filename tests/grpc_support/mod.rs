@@ -1,0 +1,185 @@
+//! Request builders and checks shared by tests/grpc_infer.rs and
+//! tests/grpc_admin.rs.
+
+#![allow(dead_code)]
+
+use crate::common::GrpcClient;
+use ferroserve::pb;
+use ferroserve::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// An input tensor description without data (the data goes in
+/// raw_input_contents or `contents`).
+pub fn input(name: &str, datatype: &str, shape: &[i64]) -> InferInputTensor {
+    InferInputTensor { name: name.into(), datatype: datatype.into(), shape: shape.to_vec(), ..Default::default() }
+}
+
+/// An input tensor carrying typed contents.
+pub fn typed(name: &str, datatype: &str, shape: &[i64], contents: pb::InferTensorContents) -> InferInputTensor {
+    InferInputTensor { contents: Some(contents), ..input(name, datatype, shape) }
+}
+
+/// A request whose inputs all travel in raw_input_contents.
+pub fn raw_request(model: &str, inputs: Vec<(InferInputTensor, Vec<u8>)>) -> pb::ModelInferRequest {
+    let (inputs, raw): (Vec<_>, Vec<_>) = inputs.into_iter().map(|(i, b)| (i, b.into())).unzip();
+    pb::ModelInferRequest { model_name: model.into(), inputs, raw_input_contents: raw, ..Default::default() }
+}
+
+/// A request whose inputs carry their own (typed) contents.
+pub fn typed_request(model: &str, inputs: Vec<InferInputTensor>) -> pb::ModelInferRequest {
+    pb::ModelInferRequest { model_name: model.into(), inputs, ..Default::default() }
+}
+
+pub fn outputs(names: &[&str]) -> Vec<InferRequestedOutputTensor> {
+    names.iter().map(|n| InferRequestedOutputTensor { name: n.to_string(), ..Default::default() }).collect()
+}
+
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+pub fn f32_values(bytes: &[u8]) -> Vec<f32> {
+    assert_eq!(bytes.len() % 4, 0, "FP32 data of {} bytes", bytes.len());
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+pub fn f64_values(bytes: &[u8]) -> Vec<f64> {
+    assert_eq!(bytes.len() % 8, 0, "FP64 data of {} bytes", bytes.len());
+    bytes.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+pub fn i64_values(bytes: &[u8]) -> Vec<i64> {
+    assert_eq!(bytes.len() % 8, 0, "INT64 data of {} bytes", bytes.len());
+    bytes.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// BYTES elements in the wire form: a 4-byte little-endian length before each.
+pub fn bytes_wire(elements: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in elements {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(e);
+    }
+    out
+}
+
+/// The output called `name` of a response: (datatype, shape, raw bytes).
+pub fn output<'a>(response: &'a pb::ModelInferResponse, name: &str) -> (&'a str, &'a [i64], &'a [u8]) {
+    assert_eq!(
+        response.outputs.len(),
+        response.raw_output_contents.len(),
+        "every output must come back in raw_output_contents"
+    );
+    let i = response
+        .outputs
+        .iter()
+        .position(|o| o.name == name)
+        .unwrap_or_else(|| panic!("no output '{name}' in {:?}", output_names(response)));
+    let o = &response.outputs[i];
+    assert!(o.contents.is_none(), "output '{name}' also has typed contents");
+    (&o.datatype, &o.shape, &response.raw_output_contents[i])
+}
+
+pub fn output_names(response: &pb::ModelInferResponse) -> Vec<&str> {
+    response.outputs.iter().map(|o| o.name.as_str()).collect()
+}
+
+/// Asserts that `result` failed with `code` and that its message contains
+/// every one of `needles`; returns the message.
+#[track_caller]
+pub fn expect_error<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    needles: &[&str],
+) -> String {
+    let status = match result {
+        Ok(v) => panic!("expected {code:?} containing {needles:?}, got success {v:?}"),
+        Err(s) => s,
+    };
+    assert_eq!(status.code(), code, "wrong code for {:?} (wanted message parts {needles:?})", status.message());
+    for needle in needles {
+        assert!(status.message().contains(needle), "message {:?} lacks {needle:?}", status.message());
+    }
+    status.message().to_string()
+}
+
+/// One row of mlp input (16 features), varied by `seed`.
+pub fn mlp_rows(rows: usize, seed: f32) -> Vec<f32> {
+    (0..rows * 16).map(|i| ((i as f32 * 0.37 + seed).sin()) * 2.0).collect()
+}
+
+pub fn mlp_request(rows: usize) -> pb::ModelInferRequest {
+    raw_request("mlp", vec![(input("input", "FP32", &[rows as i64, 16]), f32_bytes(&mlp_rows(rows, 0.5)))])
+}
+
+/// Checks an mlp response of `rows` rows: shape [rows, 10] and each row a
+/// probability distribution.
+#[track_caller]
+pub fn check_mlp_response(response: &pb::ModelInferResponse, rows: usize) {
+    let (datatype, shape, data) = output(response, "probabilities");
+    assert_eq!(datatype, "FP32");
+    assert_eq!(shape, [rows as i64, 10]);
+    let values = f32_values(data);
+    assert_eq!(values.len(), rows * 10);
+    for row in values.chunks(10) {
+        assert!(row.iter().all(|p| (0.0..=1.0).contains(p)), "not probabilities: {row:?}");
+        let sum: f32 = row.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-4, "row sums to {sum}: {row:?}");
+    }
+}
+
+/// Polls RepositoryIndex until `done` holds for it (start-up loading in a
+/// server that will never report ready), failing after 60 s.
+pub async fn wait_for_index(
+    client: &mut GrpcClient,
+    done: impl Fn(&[pb::repository_index_response::ModelIndex]) -> bool,
+) -> Vec<pb::repository_index_response::ModelIndex> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.repository_index(pb::RepositoryIndexRequest::default()).await {
+            let models = r.into_inner().models;
+            if done(&models) {
+                return models;
+            }
+        }
+        assert!(Instant::now() < deadline, "the repository index never reached the awaited state");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Connects a gRPC client to a server that may not be ready yet.
+pub async fn connect(address: &str) -> GrpcClient {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(format!("http://{address}")).await
+        {
+            Ok(c) => return c,
+            Err(e) => assert!(Instant::now() < deadline, "cannot connect to {address}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Model directories that fail to load, each for a different reason. Returns
+/// (name, a phrase the failure reason must contain).
+pub fn write_broken_models(root: &Path) -> Vec<(&'static str, &'static str)> {
+    let write = |path: &str, contents: &[u8]| {
+        let path = root.join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, contents).unwrap();
+    };
+    // Not an ONNX file at all.
+    write("garbage/1/model.onnx", b"this is not a protobuf model \xff\xfe\x00\x01");
+    // A config.pbtxt with a misspelt field.
+    write("misspelt/config.pbtxt", b"name: \"misspelt\"\nmax_batch_sise: 4\n");
+    write("misspelt/1/model.onnx", &std::fs::read(crate::common::shipped_models().join("mlp/1/model.onnx")).unwrap());
+    // A config whose dims disagree with the graph (mlp takes 16 features).
+    let mlp_config = std::fs::read_to_string(crate::common::shipped_models().join("mlp/config.pbtxt")).unwrap();
+    let wrong_dims =
+        mlp_config.replace("name: \"mlp\"", "name: \"wrong_dims\"").replace("dims: [ 16 ]", "dims: [ 17 ]");
+    assert_ne!(wrong_dims, mlp_config, "the mlp config changed; update this test");
+    write("wrong_dims/config.pbtxt", wrong_dims.as_bytes());
+    write("wrong_dims/1/model.onnx", &std::fs::read(crate::common::shipped_models().join("mlp/1/model.onnx")).unwrap());
+    vec![("garbage", "could not load"), ("misspelt", "max_batch_sise"), ("wrong_dims", "17")]
+}
