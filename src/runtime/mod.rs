@@ -4,6 +4,7 @@
 
 mod library;
 mod session;
+mod strings;
 
 pub use library::locate_library;
 pub use session::{RunInput, Session};

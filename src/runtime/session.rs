@@ -3,7 +3,7 @@
 
 use super::SessionOptions;
 use crate::telemetry::ComputeTimes;
-use crate::tensor::{DataType, Tensor, TensorSpec, bytes_elements, encode_bytes_elements};
+use crate::tensor::{DataType, Tensor, TensorSpec};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
 use std::borrow::Cow;
@@ -93,16 +93,6 @@ fn to_ort(datatype: DataType) -> TensorElementType {
     }
 }
 
-/// A BYTES element handed to ONNX Runtime as a string tensor element.
-#[derive(Clone)]
-struct RawString(Vec<u8>);
-
-impl ort::value::Utf8Data for RawString {
-    fn as_utf8_bytes(&self) -> &[u8] {
-        &self.0
-    }
-}
-
 impl Session {
     /// Runs the graph. Outputs come back in the order of `self.outputs`, as
     /// raw bytes in the wire layout.
@@ -127,14 +117,7 @@ impl Session {
 
     fn make_value(&self, input: &RunInput<'_>) -> Result<ort::value::DynValue, String> {
         if input.datatype == DataType::Bytes {
-            let strings =
-                bytes_elements(input.data).map(|e| e.map(|b| RawString(b.to_vec()))).collect::<Result<Vec<_>, _>>()?;
-            if strings.iter().any(|s| s.0.contains(&0)) {
-                return Err("BYTES elements with NUL bytes cannot be passed to an ONNX string tensor".into());
-            }
-            let tensor = ort::value::Tensor::from_string_array((input.shape.to_vec(), &strings[..]))
-                .map_err(|e| e.to_string())?;
-            return Ok(tensor.into_dyn());
+            return Ok(super::strings::to_tensor(self.session.allocator(), input.shape, input.data)?.into_dyn());
         }
         let mut tensor = DynTensor::new(self.session.allocator(), to_ort(input.datatype), input.shape.to_vec())
             .map_err(|e| e.to_string())?;
@@ -154,14 +137,11 @@ fn read_value(name: &str, value: ort::value::DynValue) -> Result<Tensor, String>
         other => return Err(format!("is a {other:?}, only tensors are supported")),
     };
     let datatype = from_ort(ty).ok_or_else(|| format!("unsupported element type {ty:?}"))?;
+    let tensor = value.downcast::<DynTensorValueType>().map_err(|e| e.to_string())?;
     let data = match datatype.byte_size() {
-        None => {
-            let (_, strings) = value.try_extract_strings().map_err(|e| e.to_string())?;
-            encode_bytes_elements(strings.iter().map(|s| s.as_bytes()))
-        }
+        None => super::strings::from_tensor(&tensor, &shape)?,
         Some(size) => {
             let count = crate::tensor::element_count(&shape)?;
-            let tensor = value.downcast::<DynTensorValueType>().map_err(|e| e.to_string())?;
             let len = count * size;
             if len == 0 {
                 Vec::new()

@@ -11,7 +11,9 @@ use crate::server::State;
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
 
 pub use health::HealthService;
 pub use service::{check_repository_name, explicit_mode};
@@ -29,14 +31,22 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown)
     let inference =
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
             .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit);
+            .max_encoding_message_size(limit)
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Deflate)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Deflate);
     let health = tonic_health::pb::health_server::HealthServer::new(HealthService::new(state.repository.clone()));
     let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid; this is a bug");
     let reflection_v1alpha =
         reflection().build_v1alpha().expect("the embedded descriptor sets are valid; this is a bug");
-    let incoming = TcpListenerStream::new(listener);
+    // Server::tcp_nodelay only applies to listeners tonic binds itself.
+    let incoming = TcpListenerStream::new(listener).map(|accepted| {
+        accepted.inspect(|stream| {
+            let _ = stream.set_nodelay(true);
+        })
+    });
     let result = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(inference)
         .add_service(health)
         .add_service(reflection_v1)

@@ -152,11 +152,8 @@ impl GrpcInferenceService for Inference {
 
     async fn model_ready(&self, request: Request<pb::ModelReadyRequest>) -> Reply<pb::ModelReadyResponse> {
         let r = request.into_inner();
-        let ready = match self.state.repository.get(&r.name, &r.version) {
-            Ok(_) => true,
-            Err(Error::NotFound(m)) => return Err(grpc_status(Error::NotFound(m))),
-            Err(_) => false,
-        };
+        // Unknown models are simply not ready, as Triton answers.
+        let ready = self.state.repository.get(&r.name, &r.version).is_ok();
         Ok(Response::new(pb::ModelReadyResponse { ready }))
     }
 

@@ -47,6 +47,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        // Content-Encoding gzip/deflate request bodies (tritonclient's
+        // request_compression_algorithm) and Accept-Encoding responses.
+        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        .layer(tower_http::compression::CompressionLayer::new())
 }
 
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
