@@ -22,7 +22,8 @@ fn mlp(c: &mut Criterion) {
         let shape = [batch, 16];
         group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
             b.iter(|| {
-                let input = RunInput { name: "input", datatype: DataType::Fp32, shape: &shape, data: &data };
+                let parts = [&data[..]];
+                let input = RunInput { name: "input", datatype: DataType::Fp32, shape: &shape, parts: &parts };
                 session.run(&[input]).expect("mlp runs")
             })
         });

@@ -20,9 +20,12 @@ pub enum Error {
     /// The request's deadline passed before it could be computed.
     #[error("{0}")]
     DeadlineExceeded(String),
-    /// A limit was hit (message size, queue full).
+    /// A size limit was hit (message or body too large).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Too much work: a full queue. Retrying later may succeed.
+    #[error("{0}")]
+    Overloaded(String),
     /// The request is valid but asks for something this server does not do.
     #[error("{0}")]
     Unimplemented(String),
@@ -52,6 +55,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::ResourceExhausted(_) => "resource_exhausted",
+            Error::Overloaded(_) => "overloaded",
             Error::Unimplemented(_) => "unimplemented",
             Error::Internal(_) => "internal",
         }

@@ -2,7 +2,7 @@
 //! HTTP fronts decode into and encode from.
 
 use crate::tensor::Tensor;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Default)]
 pub struct InferRequest {
@@ -16,6 +16,9 @@ pub struct InferRequest {
     pub outputs: Vec<String>,
     /// When the client stops waiting (grpc-timeout and the like).
     pub deadline: Option<Instant>,
+    /// The request's `timeout` parameter: how long it may wait in the queue
+    /// (honoured as the model's queue policy allows).
+    pub timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
@@ -25,3 +28,6 @@ pub struct InferResponse {
     pub id: String,
     pub outputs: Vec<Tensor>,
 }
+
+/// The error for a malformed `timeout` request parameter.
+pub const TIMEOUT_PARAMETER: &str = "parameter 'timeout' must be a positive integer (microseconds)";

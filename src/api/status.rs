@@ -10,6 +10,7 @@ fn codes(error: &Error) -> (StatusCode, tonic::Code) {
         Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded),
         Error::ResourceExhausted(_) => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
+        Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
         Error::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     }
@@ -36,6 +37,7 @@ mod tests {
             (Error::Unavailable("x".into()), 503, tonic::Code::Unavailable),
             (Error::DeadlineExceeded("x".into()), 504, tonic::Code::DeadlineExceeded),
             (Error::ResourceExhausted("x".into()), 413, tonic::Code::ResourceExhausted),
+            (Error::Overloaded("x".into()), 429, tonic::Code::ResourceExhausted),
             (Error::internal("x"), 500, tonic::Code::Internal),
         ];
         for (error, http, grpc) in cases {

@@ -8,11 +8,15 @@ use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
+use crate::scheduler::policy::Policy;
 use crate::scheduler::{Labels, Scheduler};
 use crate::telemetry::VersionStats;
-use crate::tensor::{Tensor, shape_matches};
+use crate::tensor::{DataType, Tensor, shape_matches};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Requests that may wait for an instance before senders wait too, when the
 /// config sets no max_queue_size.
@@ -28,6 +32,62 @@ pub struct ModelVersion {
     pub io: ModelIo,
     pub stats: Arc<VersionStats>,
     scheduler: Scheduler,
+    queueing: Queueing,
+}
+
+/// How requests wait for an instance: the batching policy and the queue
+/// policy's timeout rules (`dynamic_batching.default_queue_policy`).
+#[derive(Debug, Clone)]
+struct Queueing {
+    policy: Policy,
+    /// How long a request may wait before it is rejected; None: no limit.
+    default_timeout: Option<Duration>,
+    /// Whether a request's own `timeout` parameter may shorten it.
+    allow_override: bool,
+    /// DELAY: a request past its queue timeout still runs (only a client
+    /// deadline drops it); REJECT: it is answered DEADLINE_EXCEEDED.
+    reject_on_timeout: bool,
+}
+
+impl Queueing {
+    fn from_config(config: &pb::ModelConfig) -> Self {
+        let batching = match &config.scheduling_choice {
+            Some(pb::model_config::SchedulingChoice::DynamicBatching(b)) => Some(b),
+            None => None,
+        };
+        let queue = batching.and_then(|b| b.default_queue_policy.clone()).unwrap_or_default();
+        let policy = Policy {
+            // Without dynamic_batching every request runs alone, as in Triton.
+            max_batch_size: if batching.is_some() { config.max_batch_size.max(0) as usize } else { 0 },
+            preferred: batching.map_or_else(Vec::new, |b| b.preferred_batch_size.iter().map(|&s| s as usize).collect()),
+            max_delay: Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
+            max_queue_size: if queue.max_queue_size > 0 { queue.max_queue_size as usize } else { DEFAULT_QUEUE_SIZE },
+        };
+        Queueing {
+            policy,
+            default_timeout: (queue.default_timeout_microseconds > 0)
+                .then(|| Duration::from_micros(queue.default_timeout_microseconds)),
+            allow_override: queue.allow_timeout_override,
+            reject_on_timeout: queue.timeout_action == pb::model_queue_policy::TimeoutAction::Reject as i32,
+        }
+    }
+
+    /// When a request admitted at `now` is dropped from the queue: the
+    /// earlier of the client's deadline and the queue policy's timeout.
+    fn deadline(&self, now: Instant, request: &InferRequest) -> Option<Instant> {
+        let timeout = match (self.default_timeout, request.timeout) {
+            (Some(default), Some(asked)) if self.allow_override => Some(asked.min(default)),
+            (Some(default), _) => Some(default),
+            // No queue policy timeout: the request's own applies.
+            (None, asked) => asked,
+        };
+        let queue_deadline =
+            timeout.filter(|_| self.reject_on_timeout || self.default_timeout.is_none()).map(|t| now + t);
+        match (request.deadline, queue_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Server-wide facts that shape how a version is loaded.
@@ -76,27 +136,20 @@ impl ModelVersion {
         for session in &mut sessions {
             warmup::run(session, &config, &io, model_dir)?;
         }
-        let queue_size = match &config.scheduling_choice {
-            Some(pb::model_config::SchedulingChoice::DynamicBatching(b)) => b
-                .default_queue_policy
-                .as_ref()
-                .map(|p| p.max_queue_size as usize)
-                .filter(|&n| n > 0)
-                .unwrap_or(DEFAULT_QUEUE_SIZE),
-            None => DEFAULT_QUEUE_SIZE,
-        };
+        let queueing = Queueing::from_config(&config);
         let label = version.to_string();
         let stats = Arc::new(VersionStats::default());
         let labels = Labels { model: name.clone(), version: label.clone() };
-        let scheduler = Scheduler::start(labels, sessions, queue_size, stats.clone());
-        Ok(ModelVersion { name, version, label, config, io, stats, scheduler })
+        let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone());
+        Ok(ModelVersion { name, version, label, config, io, stats, scheduler, queueing })
     }
 
     /// Runs one request through the queue. Validation errors come back
     /// before anything is queued.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let prepared = self.prepare(&request)?;
-        let outputs = self.scheduler.submit(prepared.inputs, prepared.batch, request.deadline);
+        let deadline = self.queueing.deadline(Instant::now(), &request);
+        let outputs = self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline);
         let outputs = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
                 .await
@@ -107,7 +160,7 @@ impl ModelVersion {
             model_name: self.name.clone(),
             model_version: self.label.clone(),
             id: request.id,
-            outputs: self.finish(outputs, &request.outputs, prepared.batch)?,
+            outputs: self.finish(outputs, &request.outputs, prepared.rows)?,
         })
     }
 
@@ -115,13 +168,17 @@ impl ModelVersion {
         self.scheduler.queue_depth()
     }
 
+    /// Validates a request against the model's inputs and returns its
+    /// tensors in the model's input order, shaped for the graph, with the
+    /// key that decides which requests may share a batch.
     fn prepare(&self, request: &InferRequest) -> Result<Prepared> {
         let batching = self.io.max_batch_size > 0;
         let mut batch: Option<i64> = None;
-        let mut inputs = Vec::with_capacity(request.inputs.len());
-        for (i, tensor) in request.inputs.iter().enumerate() {
-            let spec = self.input_spec(&tensor.name)?;
-            if request.inputs[..i].iter().any(|t| t.name == tensor.name) {
+        let mut by_position: Vec<Option<&Tensor>> = vec![None; self.io.inputs.len()];
+        for tensor in &request.inputs {
+            let position = self.input_position(&tensor.name)?;
+            let spec = &self.io.inputs[position];
+            if by_position[position].replace(tensor).is_some() {
                 return Err(Error::invalid(format!("input '{}' is given more than once", tensor.name)));
             }
             if tensor.datatype != spec.datatype {
@@ -154,17 +211,34 @@ impl ModelVersion {
                 batch = Some(rows);
             }
             tensor.check_len()?;
-            inputs.push(Tensor { shape: graph_shape(spec, &tensor.shape, batching), ..tensor.clone() });
+            if tensor.datatype == DataType::Bool
+                && let Some(i) = tensor.data.iter().position(|&b| b > 1)
+            {
+                return Err(Error::invalid(format!(
+                    "input '{}': BOOL element {i} is {}, expected 0 or 1",
+                    tensor.name, tensor.data[i]
+                )));
+            }
         }
-        if let Some(missing) =
-            self.io.inputs.iter().find(|s| !s.optional && !request.inputs.iter().any(|t| t.name == s.name))
-        {
-            return Err(Error::invalid(format!(
-                "missing input '{}' for model '{}' (expects {})",
-                missing.name,
-                self.name,
-                spec_names(&self.io.inputs)
-            )));
+        let mut inputs = Vec::with_capacity(by_position.len());
+        let mut group = DefaultHasher::new();
+        for (spec, given) in self.io.inputs.iter().zip(by_position) {
+            match given {
+                Some(tensor) => {
+                    let shape = graph_shape(spec, &tensor.shape, batching);
+                    (&spec.name, &shape[usize::from(batching)..]).hash(&mut group);
+                    inputs.push(Tensor { shape, ..tensor.clone() });
+                }
+                None if spec.optional => {}
+                None => {
+                    return Err(Error::invalid(format!(
+                        "missing input '{}' for model '{}' (expects {})",
+                        spec.name,
+                        self.name,
+                        spec_names(&self.io.inputs)
+                    )));
+                }
+            }
         }
         for name in &request.outputs {
             if !self.io.outputs.iter().any(|s| &s.name == name) {
@@ -175,11 +249,11 @@ impl ModelVersion {
                 )));
             }
         }
-        Ok(Prepared { inputs, batch: batch.unwrap_or(1) as u64 })
+        Ok(Prepared { inputs, rows: batch.unwrap_or(1) as usize, group: group.finish() })
     }
 
-    fn input_spec(&self, name: &str) -> Result<&IoSpec> {
-        self.io.inputs.iter().find(|s| s.name == name).ok_or_else(|| {
+    fn input_position(&self, name: &str) -> Result<usize> {
+        self.io.inputs.iter().position(|s| s.name == name).ok_or_else(|| {
             Error::invalid(format!(
                 "unknown input '{name}' for model '{}' (expects {})",
                 self.name,
@@ -190,7 +264,7 @@ impl ModelVersion {
 
     /// Keeps the requested outputs (all declared ones when none are named),
     /// in request order, shaped as the config declares them.
-    fn finish(&self, mut produced: Vec<Tensor>, requested: &[String], batch: u64) -> Result<Vec<Tensor>> {
+    fn finish(&self, mut produced: Vec<Tensor>, requested: &[String], batch: usize) -> Result<Vec<Tensor>> {
         let wanted: Vec<&IoSpec> = if requested.is_empty() {
             self.io.outputs.iter().collect()
         } else {
@@ -224,7 +298,8 @@ impl ModelVersion {
 
 struct Prepared {
     inputs: Vec<Tensor>,
-    batch: u64,
+    rows: usize,
+    group: u64,
 }
 
 /// The shape a client must send: [-1, dims...] when batching.

@@ -123,9 +123,11 @@ impl Sample {
 }
 
 fn execute(session: &mut Session, samples: &[Sample]) -> Result<(), String> {
+    let parts: Vec<[&[u8]; 1]> = samples.iter().map(|s| [&s.data[..]]).collect();
     let inputs: Vec<RunInput<'_>> = samples
         .iter()
-        .map(|s| RunInput { name: &s.name, datatype: s.datatype, shape: &s.shape, data: &s.data })
+        .zip(&parts)
+        .map(|(s, parts)| RunInput { name: &s.name, datatype: s.datatype, shape: &s.shape, parts })
         .collect();
     session.run(&inputs).map(|_| ())
 }

@@ -5,7 +5,7 @@ use super::SessionOptions;
 use crate::telemetry::ComputeTimes;
 use crate::tensor::{DataType, Tensor, TensorSpec};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::value::{DynTensor, DynTensorValueType, TensorElementType, ValueType};
+use ort::value::{DynTensorValueType, TensorElementType, ValueType};
 use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
@@ -15,14 +15,50 @@ pub struct Session {
     session: ort::session::Session,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// One reusable, 8-byte aligned input buffer per run input position.
+    buffers: Vec<AlignedBuffer>,
 }
 
-/// One input to a run, borrowed from the request.
+/// One input to a run: the batch shape, and the raw bytes of each request
+/// in order, borrowed from the requests (copied once, into the batch buffer).
 pub struct RunInput<'a> {
     pub name: &'a str,
     pub datatype: DataType,
     pub shape: &'a [i64],
-    pub data: &'a [u8],
+    pub parts: &'a [&'a [u8]],
+}
+
+/// A growable byte buffer aligned for any tensor element type.
+#[derive(Default)]
+struct AlignedBuffer {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBuffer {
+    /// Replaces the contents with the concatenation of `parts`.
+    fn fill(&mut self, parts: &[&[u8]]) -> &[u8] {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.words.clear();
+        self.words.resize(len.div_ceil(8), 0);
+        self.len = len;
+        // SAFETY: `words` holds at least `len` initialized bytes.
+        let bytes = unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) };
+        let mut at = 0;
+        for part in parts {
+            bytes[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        bytes
+    }
+}
+
+/// Views aligned bytes as elements of `T`.
+///
+/// SAFETY: `bytes` must be 8-byte aligned, a whole number of `T`s, and every
+/// bit pattern must be a valid `T` (callers check BOOL bytes are 0 or 1).
+unsafe fn cast<T>(bytes: &[u8]) -> &[T] {
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
 }
 
 pub(super) fn load(
@@ -40,7 +76,7 @@ pub(super) fn load(
         .map_err(|e: ort::Error| format!("ONNX Runtime could not load {}: {e}", path.display()))?;
     let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
     let outputs = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
-    Ok(Session { session, inputs, outputs })
+    Ok(Session { session, inputs, outputs, buffers: Vec::new() })
 }
 
 fn spec(name: &str, value: &ValueType) -> Result<TensorSpec, String> {
@@ -74,34 +110,19 @@ fn from_ort(ty: TensorElementType) -> Option<DataType> {
     })
 }
 
-fn to_ort(datatype: DataType) -> TensorElementType {
-    match datatype {
-        DataType::Bool => TensorElementType::Bool,
-        DataType::Uint8 => TensorElementType::Uint8,
-        DataType::Uint16 => TensorElementType::Uint16,
-        DataType::Uint32 => TensorElementType::Uint32,
-        DataType::Uint64 => TensorElementType::Uint64,
-        DataType::Int8 => TensorElementType::Int8,
-        DataType::Int16 => TensorElementType::Int16,
-        DataType::Int32 => TensorElementType::Int32,
-        DataType::Int64 => TensorElementType::Int64,
-        DataType::Fp16 => TensorElementType::Float16,
-        DataType::Bf16 => TensorElementType::Bfloat16,
-        DataType::Fp32 => TensorElementType::Float32,
-        DataType::Fp64 => TensorElementType::Float64,
-        DataType::Bytes => TensorElementType::String,
-    }
-}
-
 impl Session {
-    /// Runs the graph. Outputs come back in the order of `self.outputs`, as
-    /// raw bytes in the wire layout.
+    /// Runs the graph on one batch. Outputs come back in the order of
+    /// `self.outputs`, as raw bytes in the wire layout.
     pub fn run(&mut self, inputs: &[RunInput<'_>]) -> Result<(Vec<Tensor>, ComputeTimes), String> {
         let started = Instant::now();
+        if self.buffers.len() < inputs.len() {
+            self.buffers.resize_with(inputs.len(), AlignedBuffer::default);
+        }
         let mut values: Vec<(Cow<'_, str>, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
-        for input in inputs {
-            let value = self.make_value(input).map_err(|e| format!("input '{}': {e}", input.name))?;
-            values.push((Cow::Borrowed(input.name), value.into()));
+        for (input, buffer) in inputs.iter().zip(self.buffers.iter_mut()) {
+            let value = make_value(self.session.allocator(), input, buffer)
+                .map_err(|e| format!("input '{}': {e}", input.name))?;
+            values.push((Cow::Borrowed(input.name), value));
         }
         let prepared = Instant::now();
         let outputs = self.session.run(values).map_err(|e| e.to_string())?;
@@ -114,21 +135,53 @@ impl Session {
         let times = ComputeTimes { input: prepared - started, infer: ran - prepared, output: ran.elapsed() };
         Ok((tensors, times))
     }
+}
 
-    fn make_value(&self, input: &RunInput<'_>) -> Result<ort::value::DynValue, String> {
-        if input.datatype == DataType::Bytes {
-            return Ok(super::strings::to_tensor(self.session.allocator(), input.shape, input.data)?.into_dyn());
-        }
-        let mut tensor = DynTensor::new(self.session.allocator(), to_ort(input.datatype), input.shape.to_vec())
-            .map_err(|e| e.to_string())?;
-        if !input.data.is_empty() {
-            let dst = tensor.data_ptr_mut().cast::<u8>();
-            // SAFETY: the tensor was allocated for exactly `shape` elements of
-            // `datatype`, and the caller checked data.len() against both.
-            unsafe { std::ptr::copy_nonoverlapping(input.data.as_ptr(), dst, input.data.len()) };
-        }
-        Ok(tensor.into_dyn())
+/// Builds the ONNX Runtime value for one input: BYTES through the string
+/// API, everything else as a view over the batch buffer (the one copy).
+fn make_value<'b>(
+    allocator: &ort::memory::Allocator,
+    input: &RunInput<'_>,
+    buffer: &'b mut AlignedBuffer,
+) -> Result<ort::session::SessionInputValue<'b>, String> {
+    if input.datatype == DataType::Bytes {
+        let joined: Vec<u8>;
+        let data = match input.parts {
+            [one] => *one,
+            many => {
+                joined = many.concat();
+                &joined
+            }
+        };
+        return Ok(super::strings::to_tensor(allocator, input.shape, data)?.into_dyn().into());
     }
+    let bytes: &'b [u8] = buffer.fill(input.parts);
+    let shape = input.shape.to_vec();
+    macro_rules! view {
+        ($t:ty) => {
+            // SAFETY: AlignedBuffer is 8-byte aligned, the caller checked the
+            // byte count against shape and datatype, BOOL bytes are 0 or 1.
+            ort::value::TensorRef::<$t>::from_array_view((shape, unsafe { cast::<$t>(bytes) }))
+                .map_err(|e| e.to_string())?
+                .into()
+        };
+    }
+    Ok(match input.datatype {
+        DataType::Bool => view!(bool),
+        DataType::Uint8 => view!(u8),
+        DataType::Uint16 => view!(u16),
+        DataType::Uint32 => view!(u32),
+        DataType::Uint64 => view!(u64),
+        DataType::Int8 => view!(i8),
+        DataType::Int16 => view!(i16),
+        DataType::Int32 => view!(i32),
+        DataType::Int64 => view!(i64),
+        DataType::Fp16 => view!(half::f16),
+        DataType::Bf16 => view!(half::bf16),
+        DataType::Fp32 => view!(f32),
+        DataType::Fp64 => view!(f64),
+        DataType::Bytes => unreachable!("handled above"),
+    })
 }
 
 fn read_value(name: &str, value: ort::value::DynValue) -> Result<Tensor, String> {

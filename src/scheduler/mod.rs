@@ -1,27 +1,33 @@
-//! Per model-version execution: a bounded queue and N instance threads, each
-//! owning one ONNX Runtime session (`Session::run` takes `&mut self`). The
-//! async side only sends and awaits a oneshot; no tokio worker thread ever
-//! blocks on the model.
+//! Per model-version execution: a bounded queue shared by N instance
+//! threads, each owning one ONNX Runtime session (`Session::run` takes
+//! `&mut self`). An idle instance takes the next batch the policy allows
+//! (policy.rs), so batches form only when they can run and grow while every
+//! instance is busy. The async side only pushes under a short lock and
+//! awaits a oneshot; no tokio worker thread ever waits on the model.
 
+pub mod batch;
+pub mod policy;
 mod worker;
 
 use crate::error::{Error, Result};
 use crate::runtime::Session;
-use crate::telemetry::VersionStats;
+use crate::telemetry::{VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
+use parking_lot::{Condvar, Mutex};
+use policy::{BatchQueue, Policy};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::oneshot;
 
-/// One unit of work: inputs already validated and shaped for the graph.
+/// One request, validated, with inputs in the model's input order and
+/// shaped for the graph.
 pub struct Job {
     pub inputs: Vec<Tensor>,
-    /// Rows in this request (1 when the model does not batch).
-    pub batch_size: u64,
-    pub deadline: Option<Instant>,
+    /// Rows along the batch dimension (1 when the model does not batch).
+    pub rows: usize,
     enqueued: Instant,
     /// Sender: the instance thread; receiver: the request's task. A closed
-    /// receiver means the client went away and the job is skipped.
+    /// receiver means the client went away: the job is dropped unrun.
     reply: oneshot::Sender<Result<Vec<Tensor>>>,
 }
 
@@ -32,43 +38,88 @@ pub struct Labels {
     pub version: String,
 }
 
+/// State shared by the request path and the instance threads.
+struct Shared {
+    /// Pushed to by request tasks, taken from by idle instances.
+    queue: Mutex<Queue>,
+    /// Signalled on every push and on close; idle instances wait on it.
+    wake: Condvar,
+    labels: Labels,
+    stats: Arc<VersionStats>,
+    metrics: VersionMetrics,
+}
+
+struct Queue {
+    jobs: BatchQueue<Job>,
+    closed: bool,
+}
+
 /// The handle the request path holds. Dropping it closes the queue: the
-/// instance threads finish what is queued, then exit and drop their sessions.
+/// instances finish what is queued, then exit and drop their sessions.
 pub struct Scheduler {
-    /// Sender: request tasks; receivers: the instance threads.
-    queue: async_channel::Sender<Job>,
+    shared: Arc<Shared>,
 }
 
 impl Scheduler {
     /// Starts one OS thread per session.
-    pub fn start(labels: Labels, sessions: Vec<Session>, queue_size: usize, stats: Arc<VersionStats>) -> Self {
-        let (queue, jobs) = async_channel::bounded(queue_size.max(1));
+    pub fn start(labels: Labels, sessions: Vec<Session>, policy: Policy, stats: Arc<VersionStats>) -> Self {
+        let batching = policy.max_batch_size > 0;
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue { jobs: BatchQueue::new(policy), closed: false }),
+            wake: Condvar::new(),
+            labels: labels.clone(),
+            stats,
+            metrics: VersionMetrics::new(&labels.model, &labels.version),
+        });
         for (index, session) in sessions.into_iter().enumerate() {
-            let worker = worker::Worker { labels: labels.clone(), session, jobs: jobs.clone(), stats: stats.clone() };
+            let worker = worker::Worker { shared: shared.clone(), session, batching };
             std::thread::Builder::new()
                 .name(format!("{}-{}-{index}", labels.model, labels.version))
                 .spawn(move || worker.run())
                 .expect("spawning an instance thread");
         }
-        Scheduler { queue }
+        Scheduler { shared }
     }
 
-    /// Queues `inputs` and waits for the outputs (in the graph's output order).
-    pub async fn submit(&self, inputs: Vec<Tensor>, batch_size: u64, deadline: Option<Instant>) -> Result<Vec<Tensor>> {
+    /// Queues `inputs` and waits for the outputs (in the graph's output
+    /// order). `group` keys the non-batch shape; `deadline` drops the job
+    /// unrun once passed. Refuses at once when the queue is full.
+    pub async fn submit(
+        &self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+        group: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<Tensor>> {
         let (reply, outputs) = oneshot::channel();
-        let job = Job { inputs, batch_size, deadline, enqueued: Instant::now(), reply };
-        self.queue.send(job).await.map_err(|_| Error::Unavailable("the model version is unloading".into()))?;
+        let now = Instant::now();
+        let job = Job { inputs, rows, enqueued: now, reply };
+        {
+            let mut queue = self.shared.queue.lock();
+            if queue.closed {
+                return Err(Error::Unavailable("the model version is unloading".into()));
+            }
+            if let Err((_, full)) = queue.jobs.push(job, rows, group, now, deadline) {
+                return Err(Error::Overloaded(format!(
+                    "the queue of model '{}' version {} is full ({} requests)",
+                    self.shared.labels.model, self.shared.labels.version, full.0
+                )));
+            }
+            self.shared.metrics.set_queue_depth(queue.jobs.len());
+        }
+        self.shared.wake.notify_one();
         outputs.await.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
 
-    /// Jobs waiting for an instance.
+    /// Requests waiting for an instance.
     pub fn queue_depth(&self) -> usize {
-        self.queue.len()
+        self.shared.queue.lock().jobs.len()
     }
 }
 
 impl Drop for Scheduler {
     fn drop(&mut self) {
-        self.queue.close();
+        self.shared.queue.lock().closed = true;
+        self.shared.wake.notify_all();
     }
 }

@@ -1,55 +1,104 @@
-//! The instance thread: takes jobs off the queue, drops the dead (client gone,
-//! deadline passed) and runs the rest on its own session.
+//! The instance thread: waits for the policy to release a batch, answers
+//! expired requests, runs the batch on its own session and splits the
+//! outputs back to each request.
 
-use super::{Job, Labels};
+use super::{Job, Shared, batch, policy::Decision};
 use crate::error::Error;
 use crate::runtime::{RunInput, Session};
-use crate::telemetry::{self, VersionStats};
 use std::sync::Arc;
 use std::time::Instant;
 
 pub(super) struct Worker {
-    pub labels: Labels,
+    pub shared: Arc<Shared>,
     pub session: Session,
-    /// Receiver shared by the instances of one version.
-    pub jobs: async_channel::Receiver<Job>,
-    pub stats: Arc<VersionStats>,
+    pub batching: bool,
 }
 
 impl Worker {
     pub fn run(mut self) {
-        while let Ok(job) = self.jobs.recv_blocking() {
-            if job.reply.is_closed() {
-                continue; // the client went away: never computed
-            }
-            let started = Instant::now();
-            let queued = started - job.enqueued;
-            if job.deadline.is_some_and(|d| d <= started) {
+        let mut expired = Vec::new();
+        while let Some(jobs) = self.next_batch(&mut expired) {
+            for job in expired.drain(..) {
                 let _ = job
                     .reply
                     .send(Err(Error::DeadlineExceeded("the request's deadline passed while it was queued".into())));
-                continue;
             }
-            self.stats.queue.add(queued);
-            let inputs: Vec<RunInput<'_>> = job
-                .inputs
-                .iter()
-                .map(|t| RunInput { name: &t.name, datatype: t.datatype, shape: &t.shape, data: &t.data })
-                .collect();
-            let result = self.session.run(&inputs);
-            let compute = started.elapsed();
-            let reply = match result {
-                Ok((outputs, times)) => {
-                    self.stats.record_execution(job.batch_size, times);
-                    telemetry::record_execution(&self.labels.model, &self.labels.version, queued, compute);
-                    Ok(outputs)
+            if !jobs.is_empty() {
+                self.execute(jobs);
+            }
+        }
+    }
+
+    /// Blocks until a batch may run; None once the queue is closed and empty.
+    fn next_batch(&self, expired: &mut Vec<Job>) -> Option<Vec<Job>> {
+        let mut queue = self.shared.queue.lock();
+        loop {
+            let decision = queue.jobs.next_batch(Instant::now(), |job| job.reply.is_closed(), expired);
+            let more = !queue.jobs.is_empty();
+            self.shared.metrics.set_queue_depth(queue.jobs.len());
+            match decision {
+                Decision::Run(jobs) => {
+                    drop(queue);
+                    if more {
+                        self.shared.wake.notify_one(); // another idle instance may take the rest
+                    }
+                    return Some(jobs);
                 }
-                Err(e) => {
-                    tracing::warn!(model = %self.labels.model, version = %self.labels.version, error = %e, "model execution failed");
-                    Err(Error::internal(format!("model execution failed: {e}")))
+                _ if !expired.is_empty() => return Some(Vec::new()),
+                Decision::Idle if queue.closed => return None,
+                Decision::Idle => self.shared.wake.wait(&mut queue),
+                Decision::WaitUntil(at) => {
+                    self.shared.wake.wait_until(&mut queue, at);
                 }
-            };
-            let _ = job.reply.send(reply);
+            }
+        }
+    }
+
+    fn execute(&mut self, jobs: Vec<Job>) {
+        let started = Instant::now();
+        let shared = &self.shared;
+        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+        let total: usize = rows.iter().sum();
+        for job in &jobs {
+            shared.stats.queue.add(started - job.enqueued);
+        }
+        let first = &jobs[0].inputs;
+        let shapes: Vec<Vec<i64>> =
+            first.iter().map(|t| batch::batched_shape(&t.shape, total, self.batching)).collect();
+        let parts: Vec<Vec<&[u8]>> =
+            (0..first.len()).map(|i| jobs.iter().map(|j| &j.inputs[i].data[..]).collect()).collect();
+        let inputs: Vec<RunInput<'_>> = first
+            .iter()
+            .zip(&shapes)
+            .zip(&parts)
+            .map(|((t, shape), parts)| RunInput { name: &t.name, datatype: t.datatype, shape, parts })
+            .collect();
+        let result = self.session.run(&inputs);
+        let compute = started.elapsed();
+        let labels = &shared.labels;
+        let outputs = match result {
+            Ok((outputs, times)) => {
+                shared.stats.record_execution(total as u64, times);
+                let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
+                shared.metrics.record_execution(queued, compute, total);
+                batch::split(outputs, &rows, self.batching)
+            }
+            Err(e) => {
+                tracing::warn!(model = %labels.model, version = %labels.version, error = %e, "model execution failed");
+                Err(Error::internal(format!("model execution failed: {e}")))
+            }
+        };
+        match outputs {
+            Ok(per_job) => {
+                for (job, outputs) in jobs.into_iter().zip(per_job) {
+                    let _ = job.reply.send(Ok(outputs));
+                }
+            }
+            Err(e) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(e.clone()));
+                }
+            }
         }
     }
 }

@@ -18,6 +18,10 @@ pub const REQUEST_DURATION: &str = "ferroserve_request_duration_seconds";
 pub const QUEUE_DURATION: &str = "ferroserve_queue_duration_seconds";
 /// Time an instance spent running the model, seconds.
 pub const COMPUTE_DURATION: &str = "ferroserve_compute_duration_seconds";
+/// Rows per model execution.
+pub const BATCH_SIZE: &str = "ferroserve_batch_size";
+/// Requests waiting for an instance, per version.
+pub const QUEUE_DEPTH: &str = "ferroserve_queue_depth";
 /// Model version loads by outcome ("ok" / "error").
 pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 /// Versions currently ready to serve.
@@ -27,10 +31,14 @@ pub const MODELS_READY: &str = "ferroserve_models_ready";
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Batch-size buckets: powers of two up to 1024.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
 /// Installs the global Prometheus recorder; the handle renders /metrics.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
     Ok(handle)
@@ -45,6 +53,8 @@ fn describe() {
     );
     metrics::describe_histogram!(QUEUE_DURATION, metrics::Unit::Seconds, "Time requests waited for an instance");
     metrics::describe_histogram!(COMPUTE_DURATION, metrics::Unit::Seconds, "Model execution time");
+    metrics::describe_histogram!(BATCH_SIZE, metrics::Unit::Count, "Rows per model execution");
+    metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for an instance");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
 }
@@ -56,11 +66,38 @@ pub fn record_request(model: &str, version: &str, code: &'static str, elapsed: D
     metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
 }
 
-/// Records the queue and compute time of one execution.
-pub fn record_execution(model: &str, version: &str, queue: Duration, compute: Duration) {
-    let labels = [("model", model.to_string()), ("version", version.to_string())];
-    metrics::histogram!(QUEUE_DURATION, &labels).record(queue.as_secs_f64());
-    metrics::histogram!(COMPUTE_DURATION, &labels).record(compute.as_secs_f64());
+/// Metric handles of one model version, registered once so the hot path
+/// records without building labels.
+#[derive(Clone)]
+pub struct VersionMetrics {
+    queue: metrics::Histogram,
+    compute: metrics::Histogram,
+    batch: metrics::Histogram,
+    depth: metrics::Gauge,
+}
+
+impl VersionMetrics {
+    pub fn new(model: &str, version: &str) -> Self {
+        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        VersionMetrics {
+            queue: metrics::histogram!(QUEUE_DURATION, &labels),
+            compute: metrics::histogram!(COMPUTE_DURATION, &labels),
+            batch: metrics::histogram!(BATCH_SIZE, &labels),
+            depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+        }
+    }
+
+    /// One execution: the longest queue wait in the batch, the compute time
+    /// and the rows run.
+    pub fn record_execution(&self, queue: Duration, compute: Duration, rows: usize) {
+        self.queue.record(queue.as_secs_f64());
+        self.compute.record(compute.as_secs_f64());
+        self.batch.record(rows as f64);
+    }
+
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.depth.set(depth as f64);
+    }
 }
 
 pub fn record_load(model: &str, version: &str, ok: bool) {

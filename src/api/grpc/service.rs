@@ -4,7 +4,7 @@ use super::contents;
 use crate::api::{describe, grpc_status};
 use crate::config::ControlMode;
 use crate::error::{Error, Result};
-use crate::infer::{InferRequest, InferResponse};
+use crate::infer::{InferRequest, InferResponse, TIMEOUT_PARAMETER};
 use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
 use crate::server::State;
@@ -63,17 +63,12 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         };
         inputs.push(Tensor { name: input.name, datatype, shape: input.shape, data });
     }
-    let mut deadline = deadline;
-    if let Some(param) = request.parameters.get("timeout") {
-        // Triton's per-request timeout, in microseconds.
-        let micros = match param.parameter_choice {
-            Some(pb::infer_parameter::ParameterChoice::Int64Param(v)) if v > 0 => v as u64,
-            Some(pb::infer_parameter::ParameterChoice::Uint64Param(v)) if v > 0 => v,
-            _ => return Err(Error::invalid("parameter 'timeout' must be a positive integer (microseconds)")),
-        };
-        let at = Instant::now() + Duration::from_micros(micros);
-        deadline = Some(deadline.map_or(at, |d| d.min(at)));
-    }
+    let timeout = match request.parameters.get("timeout").map(|p| &p.parameter_choice) {
+        None => None,
+        Some(Some(pb::infer_parameter::ParameterChoice::Int64Param(v))) if *v > 0 => Some(*v as u64),
+        Some(Some(pb::infer_parameter::ParameterChoice::Uint64Param(v))) if *v > 0 => Some(*v),
+        Some(_) => return Err(Error::invalid(TIMEOUT_PARAMETER)),
+    };
     if let Some(key) =
         ["sequence_id", "sequence_start", "sequence_end"].iter().find(|k| request.parameters.contains_key(**k))
     {
@@ -96,6 +91,7 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         inputs,
         outputs,
         deadline,
+        timeout: timeout.map(Duration::from_micros),
     })
 }
 

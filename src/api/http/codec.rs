@@ -4,7 +4,7 @@
 
 use super::json as tensor_json;
 use crate::error::{Error, Result};
-use crate::infer::{InferRequest, InferResponse};
+use crate::infer::{InferRequest, InferResponse, TIMEOUT_PARAMETER};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -131,6 +131,10 @@ pub fn decode(
         let choice = bool_param(&output.parameters, "binary_data", &format!("output '{}'", output.name))?;
         explicit.push((output.name.clone(), choice));
     }
+    let timeout = match request.parameters.get("timeout") {
+        None => None,
+        Some(v) => Some(v.as_u64().filter(|&us| us > 0).ok_or_else(|| Error::invalid(TIMEOUT_PARAMETER))?),
+    };
     let infer = InferRequest {
         model_name: model.to_string(),
         model_version: version.to_string(),
@@ -138,6 +142,7 @@ pub fn decode(
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
         deadline: None,
+        timeout: timeout.map(std::time::Duration::from_micros),
     };
     Ok((infer, OutputEncoding { binary_default, explicit }))
 }
