@@ -51,11 +51,9 @@ struct Queueing {
 
 impl Queueing {
     fn from_config(config: &pb::ModelConfig) -> Self {
-        let batching = match &config.scheduling_choice {
-            Some(pb::model_config::SchedulingChoice::DynamicBatching(b)) => Some(b),
-            None => None,
-        };
-        let queue = batching.and_then(|b| b.default_queue_policy.clone()).unwrap_or_default();
+        let batching =
+            config.scheduling_choice.as_ref().map(|pb::model_config::SchedulingChoice::DynamicBatching(b)| b);
+        let queue = batching.and_then(|b| b.default_queue_policy).unwrap_or_default();
         let policy = Policy {
             // Without dynamic_batching every request runs alone, as in Triton.
             max_batch_size: if batching.is_some() { config.max_batch_size.max(0) as usize } else { 0 },
