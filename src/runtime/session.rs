@@ -3,7 +3,7 @@
 
 use super::SessionOptions;
 use crate::telemetry::ComputeTimes;
-use crate::tensor::{DataType, Tensor, TensorSpec};
+use crate::tensor::{AlignedBuffer, DataType, Tensor, TensorSpec};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{DynTensorValueType, TensorElementType, ValueType};
 use std::borrow::Cow;
@@ -26,31 +26,6 @@ pub struct RunInput<'a> {
     pub datatype: DataType,
     pub shape: &'a [i64],
     pub parts: &'a [&'a [u8]],
-}
-
-/// A growable byte buffer aligned for any tensor element type.
-#[derive(Default)]
-struct AlignedBuffer {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl AlignedBuffer {
-    /// Replaces the contents with the concatenation of `parts`.
-    fn fill(&mut self, parts: &[&[u8]]) -> &[u8] {
-        let len: usize = parts.iter().map(|p| p.len()).sum();
-        self.words.clear();
-        self.words.resize(len.div_ceil(8), 0);
-        self.len = len;
-        // SAFETY: `words` holds at least `len` initialized bytes.
-        let bytes = unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), len) };
-        let mut at = 0;
-        for part in parts {
-            bytes[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        bytes
-    }
 }
 
 /// Views aligned bytes as elements of `T`.

@@ -78,7 +78,7 @@ impl Worker {
         let labels = &shared.labels;
         let outputs = match result {
             Ok((outputs, times)) => {
-                shared.stats.record_execution(total as u64, times);
+                shared.stats.record_execution(total as u64, jobs.len() as u64, times);
                 let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
                 shared.metrics.record_execution(queued, compute, total);
                 batch::split(outputs, &rows, self.batching)

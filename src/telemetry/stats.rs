@@ -15,8 +15,13 @@ pub struct Tally {
 
 impl Tally {
     pub fn add(&self, elapsed: Duration) {
-        self.count.fetch_add(1, Relaxed);
-        self.ns.fetch_add(elapsed.as_nanos() as u64, Relaxed);
+        self.add_many(1, elapsed);
+    }
+
+    /// Counts `n` events that each took `elapsed`.
+    pub fn add_many(&self, n: u64, elapsed: Duration) {
+        self.count.fetch_add(n, Relaxed);
+        self.ns.fetch_add(n * elapsed.as_nanos() as u64, Relaxed);
     }
 
     /// (count, cumulative ns)
@@ -62,11 +67,13 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
-    /// Records one model execution over `batch_size` inferences.
-    pub fn record_execution(&self, batch_size: u64, times: ComputeTimes) {
-        self.compute_input.add(times.input);
-        self.compute_infer.add(times.infer);
-        self.compute_output.add(times.output);
+    /// Records one model execution of `requests` requests holding
+    /// `batch_size` rows. As in Triton, the inference compute tallies count
+    /// each request (with the batch's time); the batch tallies count executions.
+    pub fn record_execution(&self, batch_size: u64, requests: u64, times: ComputeTimes) {
+        self.compute_input.add_many(requests, times.input);
+        self.compute_infer.add_many(requests, times.infer);
+        self.compute_output.add_many(requests, times.output);
         self.inference_count.fetch_add(batch_size, Relaxed);
         self.execution_count.fetch_add(1, Relaxed);
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);

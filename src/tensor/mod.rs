@@ -3,9 +3,11 @@
 //! little-endian length prefix), which is the wire form of both gRPC
 //! `raw_input_contents` and Triton's HTTP binary extension.
 
+mod buffer;
 mod datatype;
 mod shape;
 
+pub use buffer::AlignedBuffer;
 pub use datatype::DataType;
 pub use shape::{element_count, shape_matches};
 

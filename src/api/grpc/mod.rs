@@ -16,7 +16,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 
 pub use health::HealthService;
-pub use service::{check_repository_name, explicit_mode};
+pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()

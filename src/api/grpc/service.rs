@@ -9,6 +9,7 @@ use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
 use crate::server::State;
 use crate::tensor::{DataType, Tensor};
+use futures::stream::FuturesOrdered;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -136,6 +137,32 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// Requests of one ModelStreamInfer stream that may be in flight at once.
+const STREAM_IN_FLIGHT: usize = 64;
+
+/// Runs one streamed request; an error answers it in `error_message`.
+async fn stream_answer(
+    repository: Arc<crate::repository::Repository>,
+    message: pb::ModelInferRequest,
+    deadline: Option<Instant>,
+) -> pb::ModelStreamInferResponse {
+    let id = message.id.clone();
+    let result = match decode_request(message, deadline) {
+        Ok(request) => repository.infer(request).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(response) => pb::ModelStreamInferResponse {
+            error_message: String::new(),
+            infer_response: Some(encode_response(response)),
+        },
+        Err(e) => pb::ModelStreamInferResponse {
+            error_message: e.to_string(),
+            infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
+        },
+    }
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Inference {
     async fn server_live(&self, _: Request<pb::ServerLiveRequest>) -> Reply<pb::ServerLiveResponse> {
@@ -178,33 +205,28 @@ impl GrpcInferenceService for Inference {
         let deadline = grpc_deadline(&request);
         let mut incoming = request.into_inner();
         let repository = self.state.repository.clone();
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
         tokio::spawn(async move {
-            while let Some(message) = incoming.next().await {
-                let message = match message {
-                    Ok(m) => m,
-                    Err(status) => {
-                        let _ = tx.send(Err(status)).await;
-                        return;
+            // Requests run concurrently (so one stream's requests can share a
+            // batch) and are answered in the order they arrived.
+            let mut pending = FuturesOrdered::new();
+            let mut incoming_open = true;
+            loop {
+                tokio::select! {
+                    message = incoming.next(), if incoming_open && pending.len() < STREAM_IN_FLIGHT => match message {
+                        Some(Ok(message)) => pending.push_back(stream_answer(repository.clone(), message, deadline)),
+                        Some(Err(status)) => {
+                            let _ = tx.send(Err(status)).await;
+                            return;
+                        }
+                        None => incoming_open = false,
+                    },
+                    Some(answer) = pending.next(), if !pending.is_empty() => {
+                        if tx.send(Ok(answer)).await.is_err() {
+                            return; // the client went away
+                        }
                     }
-                };
-                let id = message.id.clone();
-                let result = match decode_request(message, deadline) {
-                    Ok(r) => repository.infer(r).await,
-                    Err(e) => Err(e),
-                };
-                let answer = match result {
-                    Ok(response) => pb::ModelStreamInferResponse {
-                        error_message: String::new(),
-                        infer_response: Some(encode_response(response)),
-                    },
-                    Err(e) => pb::ModelStreamInferResponse {
-                        error_message: e.to_string(),
-                        infer_response: Some(pb::ModelInferResponse { id, ..Default::default() }),
-                    },
-                };
-                if tx.send(Ok(answer)).await.is_err() {
-                    return; // the client went away
+                    else => return,
                 }
             }
         });
