@@ -290,7 +290,7 @@ impl Repository {
             Err(_) => version.stats.fail.add(elapsed),
         }
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
-        telemetry::record_request(&version.name, &version.label, code, elapsed);
+        version.metrics.record_request(code, elapsed);
         result
     }
 

@@ -10,7 +10,7 @@ use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
 use crate::scheduler::policy::Policy;
 use crate::scheduler::{Labels, Scheduler};
-use crate::telemetry::VersionStats;
+use crate::telemetry::{VersionMetrics, VersionStats};
 use crate::tensor::{DataType, Tensor, shape_matches};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -31,6 +31,7 @@ pub struct ModelVersion {
     pub config: pb::ModelConfig,
     pub io: ModelIo,
     pub stats: Arc<VersionStats>,
+    pub metrics: VersionMetrics,
     scheduler: Scheduler,
     queueing: Queueing,
 }
@@ -138,8 +139,9 @@ impl ModelVersion {
         let label = version.to_string();
         let stats = Arc::new(VersionStats::default());
         let labels = Labels { model: name.clone(), version: label.clone() };
-        let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone());
-        Ok(ModelVersion { name, version, label, config, io, stats, scheduler, queueing })
+        let metrics = VersionMetrics::new(&name, &label);
+        let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone(), metrics.clone());
+        Ok(ModelVersion { name, version, label, config, io, stats, metrics, scheduler, queueing })
     }
 
     /// Runs one request through the queue. Validation errors come back

@@ -62,14 +62,20 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// Starts one OS thread per session.
-    pub fn start(labels: Labels, sessions: Vec<Session>, policy: Policy, stats: Arc<VersionStats>) -> Self {
+    pub fn start(
+        labels: Labels,
+        sessions: Vec<Session>,
+        policy: Policy,
+        stats: Arc<VersionStats>,
+        metrics: VersionMetrics,
+    ) -> Self {
         let batching = policy.max_batch_size > 0;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { jobs: BatchQueue::new(policy), closed: false }),
             wake: Condvar::new(),
             labels: labels.clone(),
             stats,
-            metrics: VersionMetrics::new(&labels.model, &labels.version),
+            metrics,
         });
         for (index, session) in sessions.into_iter().enumerate() {
             let worker = worker::Worker { shared: shared.clone(), session, batching };

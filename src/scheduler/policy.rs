@@ -90,18 +90,21 @@ impl<J> BatchQueue<J> {
     /// Drops requests `dead` says are abandoned and moves those past their
     /// deadline into `expired`, then decides what runs next.
     pub fn next_batch(&mut self, now: Instant, dead: impl Fn(&J) -> bool, expired: &mut Vec<J>) -> Decision<J> {
-        let mut kept = VecDeque::with_capacity(self.entries.len());
-        for entry in self.entries.drain(..) {
-            if dead(&entry.job) {
-                continue;
+        let gone = |e: &Entry<J>| dead(&e.job) || e.deadline.is_some_and(|d| d <= now);
+        if self.entries.iter().any(gone) {
+            let mut kept = VecDeque::with_capacity(self.entries.len());
+            for entry in self.entries.drain(..) {
+                if dead(&entry.job) {
+                    continue;
+                }
+                if entry.deadline.is_some_and(|d| d <= now) {
+                    expired.push(entry.job);
+                    continue;
+                }
+                kept.push_back(entry);
             }
-            if entry.deadline.is_some_and(|d| d <= now) {
-                expired.push(entry.job);
-                continue;
-            }
-            kept.push_back(entry);
+            self.entries = kept;
         }
-        self.entries = kept;
         let Some(leader) = self.entries.front() else {
             return Decision::Idle;
         };

@@ -70,6 +70,10 @@ pub fn record_request(model: &str, version: &str, code: &'static str, elapsed: D
 /// records without building labels.
 #[derive(Clone)]
 pub struct VersionMetrics {
+    model: String,
+    version: String,
+    ok: metrics::Counter,
+    duration: metrics::Histogram,
     queue: metrics::Histogram,
     compute: metrics::Histogram,
     batch: metrics::Histogram,
@@ -79,11 +83,26 @@ pub struct VersionMetrics {
 impl VersionMetrics {
     pub fn new(model: &str, version: &str) -> Self {
         let labels = [("model", model.to_string()), ("version", version.to_string())];
+        let ok = [&labels[..], &[("code", "ok".to_string())]].concat();
         VersionMetrics {
+            model: model.to_string(),
+            version: version.to_string(),
+            ok: metrics::counter!(REQUESTS_TOTAL, &ok),
+            duration: metrics::histogram!(REQUEST_DURATION, &labels),
             queue: metrics::histogram!(QUEUE_DURATION, &labels),
             compute: metrics::histogram!(COMPUTE_DURATION, &labels),
             batch: metrics::histogram!(BATCH_SIZE, &labels),
             depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+        }
+    }
+
+    /// One answered request of this version.
+    pub fn record_request(&self, code: &'static str, elapsed: Duration) {
+        if code == "ok" {
+            self.ok.increment(1);
+            self.duration.record(elapsed.as_secs_f64());
+        } else {
+            record_request(&self.model, &self.version, code, elapsed);
         }
     }
 

@@ -120,7 +120,9 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
 }
 
 /// The deadline a `grpc-timeout` header sets ("<digits><unit>", unit one of
-/// H M S m u n).
+/// H M S m u n). tonic's server enforces the same header by cancelling the
+/// call (CANCELLED); the deadline sits a little earlier so the client hears
+/// DEADLINE_EXCEEDED from us instead.
 fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -134,7 +136,8 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    Instant::now().checked_add(timeout)
+    let margin = (timeout / 10).min(Duration::from_millis(2));
+    Instant::now().checked_add(timeout - margin)
 }
 
 /// Requests of one ModelStreamInfer stream that may be in flight at once.
