@@ -114,12 +114,38 @@ impl Scheduler {
             self.shared.metrics.set_queue_depth(queue.jobs.len());
         }
         self.shared.wake.notify_one();
-        outputs.await.map_err(|_| Error::internal("the model instance stopped before answering"))?
+        // If the caller stops waiting (client gone, deadline), wake an
+        // instance so the abandoned job leaves the queue now, not at the
+        // next decision.
+        let abandoned = Abandoned { shared: &self.shared, armed: true };
+        let result = outputs.await;
+        abandoned.disarm();
+        result.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
 
     /// Requests waiting for an instance.
     pub fn queue_depth(&self) -> usize {
         self.shared.queue.lock().jobs.len()
+    }
+}
+
+/// Wakes the instances when a waiting request is dropped unanswered.
+struct Abandoned<'a> {
+    shared: &'a Shared,
+    armed: bool,
+}
+
+impl Abandoned<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.wake.notify_all();
+        }
     }
 }
 

@@ -183,3 +183,55 @@ pub fn write_broken_models(root: &Path) -> Vec<(&'static str, &'static str)> {
     write("wrong_dims/1/model.onnx", &std::fs::read(crate::common::shipped_models().join("mlp/1/model.onnx")).unwrap());
     vec![("garbage", "could not load"), ("misspelt", "max_batch_sise"), ("wrong_dims", "17")]
 }
+
+/// The 14 identity_all inputs, each of shape [rows, width], filled with
+/// values derived from `seed` (BOOL as 0/1, BYTES as short varied strings).
+/// identity_all answers out_<t> = in_<t>.
+pub fn identity_all_inputs(rows: usize, width: usize, seed: u8) -> Vec<(InferInputTensor, Vec<u8>)> {
+    let count = rows * width;
+    let shape = [rows as i64, width as i64];
+    let fixed = |size: usize| -> Vec<u8> {
+        (0..count * size).map(|i| seed.wrapping_mul(31).wrapping_add(i as u8).wrapping_mul(7)).collect()
+    };
+    let strings: Vec<String> = (0..count).map(|i| format!("s{seed}-{}", "x".repeat(i % 4))).collect();
+    let elements: Vec<&[u8]> = strings.iter().map(|s| s.as_bytes()).collect();
+    let typed = [
+        ("bool", "BOOL", (0..count).map(|i| ((i + seed as usize) % 2) as u8).collect()),
+        ("uint8", "UINT8", fixed(1)),
+        ("uint16", "UINT16", fixed(2)),
+        ("uint32", "UINT32", fixed(4)),
+        ("uint64", "UINT64", fixed(8)),
+        ("int8", "INT8", fixed(1)),
+        ("int16", "INT16", fixed(2)),
+        ("int32", "INT32", fixed(4)),
+        ("int64", "INT64", fixed(8)),
+        ("fp16", "FP16", fixed(2)),
+        ("fp32", "FP32", fixed(4)),
+        ("fp64", "FP64", fixed(8)),
+        ("bytes", "BYTES", bytes_wire(&elements)),
+        ("bf16", "BF16", fixed(2)),
+    ];
+    typed.into_iter().map(|(suffix, datatype, data)| (input(&format!("in_{suffix}"), datatype, &shape), data)).collect()
+}
+
+/// Sets the request's `timeout` parameter (microseconds, int64_param).
+pub fn with_timeout_parameter(mut request: pb::ModelInferRequest, micros: i64) -> pb::ModelInferRequest {
+    request.parameters.insert(
+        "timeout".into(),
+        pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(micros)) },
+    );
+    request
+}
+
+/// ModelStatistics of version 1 of `model`.
+pub async fn model_statistics(client: &mut GrpcClient, model: &str) -> pb::ModelStatistics {
+    let request = pb::ModelStatisticsRequest { name: model.into(), version: "1".into() };
+    let mut stats = client.model_statistics(request).await.unwrap().into_inner().model_stats;
+    assert_eq!(stats.len(), 1, "statistics of {model}: {stats:?}");
+    stats.remove(0)
+}
+
+/// Executions per batch size (batch_size -> compute_infer.count).
+pub fn executions_by_batch_size(stats: &pb::ModelStatistics) -> std::collections::BTreeMap<u64, u64> {
+    stats.batch_stats.iter().map(|b| (b.batch_size, b.compute_infer.map_or(0, |d| d.count))).collect()
+}

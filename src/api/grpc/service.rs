@@ -136,7 +136,7 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    let margin = (timeout / 10).min(Duration::from_millis(2));
+    let margin = (timeout / 10).min(Duration::from_millis(5));
     Instant::now().checked_add(timeout - margin)
 }
 
