@@ -8,6 +8,11 @@
 //! - A batch runs at once when it is full (max_batch_size or the largest
 //!   preferred size), else when its leader has waited `max_delay`, then cut to
 //!   the largest preferred size it can reach.
+//! - Waiting must pay: the queue tracks whether past waits gathered company
+//!   (an average of "the batch grew while its leader waited"). Once waits
+//!   stop paying (below 10%), a lone leader runs at once instead of waiting,
+//!   except one wait in every 16, which probes whether company is back. So
+//!   at low load the delay costs nothing, and under load batches still fill.
 //! - Requests whose client went away are dropped unseen; requests whose
 //!   deadline passed are handed back to be answered DEADLINE_EXCEEDED.
 //! - Without batching (`max_batch_size` 0) each request runs alone.
@@ -44,12 +49,23 @@ struct Entry<J> {
     group: u64,
     enqueued: Instant,
     deadline: Option<Instant>,
+    /// Set when the policy chose to wait for company for this leader.
+    waited: bool,
 }
+
+/// Below this share of waits that gathered company, lone leaders stop waiting.
+const PAYING_WAITS: f32 = 0.1;
+/// While waits do not pay, one leader in this many still waits, as a probe.
+const PROBE_EVERY: u32 = 16;
 
 /// Requests waiting for an instance, in arrival order.
 pub struct BatchQueue<J> {
     policy: Policy,
     entries: VecDeque<Entry<J>>,
+    /// Moving average of "a wait made the batch grow" (1.0 at start).
+    paying: f32,
+    /// Leaders run without waiting since the last probe.
+    skipped: u32,
 }
 
 /// Why a request could not be queued.
@@ -60,7 +76,7 @@ impl<J> BatchQueue<J> {
     pub fn new(mut policy: Policy) -> Self {
         policy.preferred.sort_unstable();
         policy.preferred.dedup();
-        BatchQueue { policy, entries: VecDeque::new() }
+        BatchQueue { policy, entries: VecDeque::new(), paying: 1.0, skipped: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -83,7 +99,7 @@ impl<J> BatchQueue<J> {
         if self.policy.max_queue_size > 0 && self.entries.len() >= self.policy.max_queue_size {
             return Err((job, QueueFull(self.policy.max_queue_size)));
         }
-        self.entries.push_back(Entry { job, rows, group, enqueued: now, deadline });
+        self.entries.push_back(Entry { job, rows, group, enqueued: now, deadline, waited: false });
         Ok(())
     }
 
@@ -112,7 +128,7 @@ impl<J> BatchQueue<J> {
             let entry = self.entries.pop_front().expect("leader exists; this is a bug");
             return Decision::Run(vec![entry.job]);
         }
-        let (group, enqueued) = (leader.group, leader.enqueued);
+        let (group, enqueued, leader_waited) = (leader.group, leader.enqueued, leader.waited);
         // Requests that may join the leader, in order, while they fit.
         let mut members = Vec::new();
         let mut rows = 0;
@@ -128,17 +144,29 @@ impl<J> BatchQueue<J> {
         }
         let full = self.policy.preferred.last().copied().unwrap_or(self.policy.max_batch_size);
         let waited_enough = now >= enqueued + self.policy.max_delay;
+        let waits_pay = self.paying >= PAYING_WAITS || self.skipped + 1 >= PROBE_EVERY;
         let take = if rows >= full {
             // The longest prefix that stays within the full size (at least one request).
             members.iter().take_while(|(_, r)| *r <= full).count().max(1)
         } else if waited_enough {
             // The longest prefix ending on a preferred size, else everything.
             members.iter().rposition(|(_, r)| self.policy.preferred.contains(r)).map_or(members.len(), |i| i + 1)
+        } else if !leader_waited && !waits_pay {
+            self.skipped += 1;
+            members.len()
         } else {
+            if !leader_waited {
+                self.skipped = 0;
+                self.entries.front_mut().expect("leader exists; this is a bug").waited = true;
+            }
             let wake =
                 self.entries.iter().filter_map(|e| e.deadline).fold(enqueued + self.policy.max_delay, Instant::min);
             return Decision::WaitUntil(wake);
         };
+        if leader_waited {
+            let grew = if take > 1 { 1.0 } else { 0.0 };
+            self.paying = 0.8 * self.paying + 0.2 * grew;
+        }
         let chosen: Vec<usize> = members[..take].iter().map(|(i, _)| *i).collect();
         let mut batch = Vec::with_capacity(chosen.len());
         // Remove from the back so earlier indices stay valid, then restore order.
@@ -284,6 +312,44 @@ mod tests {
             Decision::WaitUntil(at) => assert_eq!(at, t + Duration::from_micros(300)),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn waits_that_gather_nobody_stop_and_probes_restart_them() {
+        let mut t = Instant::now();
+        let delay = Duration::from_micros(100);
+        let mut q = BatchQueue::new(policy(8, &[], 100));
+        // A lone client: every wait ends with a batch of one.
+        let mut waits = 0;
+        for id in 0..40 {
+            q.push(id, 1, 0, t, None).unwrap();
+            let batch = match next(&mut q, t) {
+                Decision::WaitUntil(_) => {
+                    waits += 1;
+                    t += delay;
+                    run(next(&mut q, t))
+                }
+                other => run(other),
+            };
+            assert_eq!(batch, vec![id]);
+        }
+        // 11 waits drag the average under 10%; then one leader in 16 probes.
+        assert_eq!(waits, 12, "waited {waits} times");
+        // Company returns: the next probe gathers a second request, and
+        // waiting resumes for the leaders after it.
+        let mut grown = 0;
+        for id in 100..140 {
+            q.push(id, 1, 0, t, None).unwrap();
+            match next(&mut q, t) {
+                Decision::WaitUntil(_) => {
+                    q.push(id + 1000, 1, 0, t, None).unwrap();
+                    t += delay;
+                    grown += usize::from(run(next(&mut q, t)).len() == 2);
+                }
+                other => assert_eq!(run(other), vec![id]),
+            }
+        }
+        assert!(grown >= 10, "waiting resumed only {grown} times");
     }
 
     #[test]
