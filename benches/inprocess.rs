@@ -41,6 +41,24 @@ fn parse_args() -> Args {
     args
 }
 
+/// `count` ordinary values of `datatype` (normal floats: denormals would
+/// make the figures lie).
+fn sample_data(datatype: DataType, count: usize) -> Vec<u8> {
+    let value = |i: usize| (i % 13) as f32 / 13.0 - 0.5;
+    match datatype {
+        DataType::Bool => (0..count).map(|i| (i % 2) as u8).collect(),
+        DataType::Fp32 => (0..count).flat_map(|i| value(i).to_le_bytes()).collect(),
+        DataType::Fp64 => (0..count).flat_map(|i| f64::from(value(i)).to_le_bytes()).collect(),
+        DataType::Fp16 => (0..count).flat_map(|i| half::f16::from_f32(value(i)).to_le_bytes()).collect(),
+        DataType::Bf16 => (0..count).flat_map(|i| half::bf16::from_f32(value(i)).to_le_bytes()).collect(),
+        DataType::Bytes => encode_bytes_elements((0..count).map(|_| &b"fox"[..])),
+        other => {
+            let size = other.byte_size().expect("fixed-size type");
+            (0..count).flat_map(|i| (i as u64 % 7).to_le_bytes()[..size].to_vec()).collect()
+        }
+    }
+}
+
 fn main() {
     let args = parse_args();
     let library = locate_library(None).expect("ONNX Runtime library (run deploy/setup.sh ort)");
@@ -55,7 +73,12 @@ fn main() {
         let max_batch = cfg.max_batch_size.max(1) as i64;
         let threads = config::parameter(&cfg, "intra_op_thread_count")
             .unwrap_or_else(|| (cores / config::instance_count(&cfg)).max(1));
-        let options = SessionOptions { intra_op_threads: threads, inter_op_threads: 1, prepacked: Default::default() };
+        let options = SessionOptions {
+            intra_op_threads: threads,
+            inter_op_threads: 1,
+            spinning: true,
+            prepacked: Default::default(),
+        };
         let mut session = runtime.load(&dir.join("1/model.onnx"), &options).expect("loading the model");
         for &batch in args.batches.iter().filter(|&&b| b <= max_batch) {
             let samples: Vec<(String, DataType, Vec<i64>, Vec<u8>)> = session
@@ -65,12 +88,7 @@ fn main() {
                     let mut shape: Vec<i64> = spec.dims.iter().map(|&d| if d < 0 { 3 } else { d }).collect();
                     shape[0] = batch;
                     let count: i64 = shape.iter().product();
-                    let data = match spec.datatype.byte_size() {
-                        Some(size) => (0..count as usize * size)
-                            .map(|i| if spec.datatype == DataType::Bool { (i % 2) as u8 } else { (i % 7) as u8 })
-                            .collect(),
-                        None => encode_bytes_elements((0..count).map(|_| &b"fox"[..])),
-                    };
+                    let data = sample_data(spec.datatype, count as usize);
                     (spec.name.clone(), spec.datatype, shape, data)
                 })
                 .collect();

@@ -45,22 +45,27 @@ def inprocess(models, seconds):
     return run_json(cmd)
 
 
+def variant(model, name, edit):
+    """A copy of a shipped model under another name, its config edited."""
+    config = open(os.path.join(ROOT, "models", model, "config.pbtxt")).read()
+    batching = re.search(r"dynamic_batching \{ \}\n|dynamic_batching \{.*?\n\}\n", config, re.S).group(0)
+    return name, model, edit(config, batching).replace(f'name: "{model}"', f'name: "{name}"')
+
+
 def make_repository(models):
-    """Shipped models plus two mlp variants: batching off, and a 500 us delay."""
+    """Shipped models plus variants: mlp and cnn with batching off, mlp with a 500 us delay."""
     repo = tempfile.mkdtemp(prefix="ferroserve-bench-")
     for model in models:
         shutil.copytree(os.path.join(ROOT, "models", model), os.path.join(repo, model))
-    config = open(os.path.join(ROOT, "models/mlp/config.pbtxt")).read()
-    batching = re.search(r"dynamic_batching \{.*?\n\}\n", config, re.S).group(0)
-    variants = {
-        "mlp_nobatch": config.replace(batching, ""),
-        "mlp_delay500": config.replace(batching, "dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n"),
-    }
-    for name, text in variants.items():
+    variants = [variant(m, f"{m}_nobatch", lambda c, b: c.replace(b, "")) for m in ("mlp", "cnn") if m in models]
+    if "mlp" in models:
+        delay = "dynamic_batching {\n  max_queue_delay_microseconds: 500\n}\n"
+        variants.append(variant("mlp", "mlp_delay500", lambda c, b: c.replace(b, delay)))
+    for name, model, text in variants:
         os.makedirs(os.path.join(repo, name, "1"))
-        shutil.copy(os.path.join(ROOT, "models/mlp/1/model.onnx"), os.path.join(repo, name, "1"))
+        shutil.copy(os.path.join(ROOT, "models", model, "1/model.onnx"), os.path.join(repo, name, "1"))
         with open(os.path.join(repo, name, "config.pbtxt"), "w") as f:
-            f.write(text.replace('name: "mlp"', f'name: "{name}"'))
+            f.write(text)
     return repo
 
 
@@ -98,7 +103,7 @@ class Server:
 
 def ghz_config(model, target, out):
     """loadtests/ghz/<base>.json with the model name swapped (for variants)."""
-    base = "mlp" if model.startswith("mlp") else model
+    base = model.split("_")[0]
     with open(os.path.join(ROOT, "loadtests/ghz", f"{base}.json")) as f:
         config = json.load(f)
     config["data"]["model_name"] = model
@@ -171,9 +176,11 @@ def main():
         for model in models:
             for c in CONCURRENCY:
                 rows.append(load(server, model, c, args.seconds, args.out))
+        for model in ("mlp", "cnn"):
+            if model in models:
+                for c in (16, 64):
+                    rows.append(load(server, f"{model}_nobatch", c, args.seconds, args.out))
         if "mlp" in models:
-            for c in (16, 64):
-                rows.append(load(server, "mlp_nobatch", c, args.seconds, args.out))
             rows.append(load(server, "mlp_delay500", 1, args.seconds, args.out))
             for c in (1, 4):
                 row = perf_analyzer(server, c, args.out)
@@ -203,19 +210,21 @@ def main():
               f"{ratio:>16.0%} {overhead:>17.0f}")
     by = {(r["model"], r["client"], r["concurrency"]): r for r in rows}
     goals = {}
-    if ("mlp", "ferroload-grpc", 1) in by:
-        goals["overhead_c1_p50_us"] = by[("mlp", "ferroload-grpc", 1)]["p50_overhead_us"]
+    for model in ("mlp", "cnn"):
+        one = by.get((model, "ferroload-grpc", 1))
+        if one:
+            goals[f"{model}: p50 overhead at c=1 over in-process b=1 (us)"] = one["p50_overhead_us"]
         for c in (16, 64):
-            on, off = by.get(("mlp", "ferroload-grpc", c)), by.get(("mlp_nobatch", "ferroload-grpc", c))
+            on, off = by.get((model, "ferroload-grpc", c)), by.get((f"{model}_nobatch", "ferroload-grpc", c))
             if on and off:
-                goals[f"batching_vs_off_c{c}"] = on["infer_per_sec"] / off["infer_per_sec"]
-                goals[f"batching_vs_inprocess_c{c}"] = on["throughput_vs_inprocess"]
-        delay = by.get(("mlp_delay500", "ferroload-grpc", 1))
-        if delay:
-            goals["delay500_c1_p50_cost_us"] = delay["p50_us"] - by[("mlp", "ferroload-grpc", 1)]["p50_us"]
-    print("\ngoals (mlp):")
+                goals[f"{model}: c={c} throughput, batching on / off"] = on["infer_per_sec"] / off["infer_per_sec"]
+                goals[f"{model}: c={c} throughput / in-process at mean batch"] = on["throughput_vs_inprocess"]
+    delay, base = by.get(("mlp_delay500", "ferroload-grpc", 1)), by.get(("mlp", "ferroload-grpc", 1))
+    if delay and base:
+        goals["mlp: c=1 p50 cost of a 500 us queue delay (us)"] = delay["p50_us"] - base["p50_us"]
+    print("\ngoals:")
     for key, value in goals.items():
-        print(f"  {key:<28}{value:>10.2f}")
+        print(f"  {key:<58}{value:>10.2f}")
     summary = {"machine": {"cores": os.cpu_count()}, "inprocess": floor, "server": rows, "goals": goals}
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

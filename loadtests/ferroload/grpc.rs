@@ -57,6 +57,10 @@ pub async fn connect(addr: SocketAddr, connections: usize) -> Result<Vec<Client>
     for _ in 0..connections {
         let channel = Endpoint::from_shared(format!("http://{addr}"))?
             .tcp_nodelay(true)
+            // Windows large enough that many in-flight requests never stall
+            // on HTTP/2 flow control (the default is 64 KiB).
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(16 << 20)
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await

@@ -19,6 +19,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+
+/// The same allocator as the server, so the client costs the shared cores less.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::Duration;
 
 /// Load generator for ferroserve: reads a ghz config file, writes ghz's JSON report.

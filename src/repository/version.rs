@@ -123,6 +123,7 @@ impl ModelVersion {
         let options = SessionOptions {
             intra_op_threads: intra,
             inter_op_threads: config::parameter(&config, "inter_op_thread_count").unwrap_or(1),
+            spinning: config::parameter(&config, "allow_spinning").is_none_or(|v| v != 0),
             prepacked: Default::default(),
         };
         let first = runtime.load(&path, &options)?;

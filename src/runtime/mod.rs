@@ -27,6 +27,9 @@ pub struct SessionOptions {
     pub intra_op_threads: usize,
     /// Threads for running independent graph nodes in parallel (1 = sequential).
     pub inter_op_threads: usize,
+    /// Whether idle thread-pool threads busy-wait for the next operator:
+    /// lower latency, but they hold cores the network threads could use.
+    pub spinning: bool,
     /// Weights prepacked once and shared by every instance of one version.
     pub prepacked: Weights,
 }

@@ -46,6 +46,8 @@ pub(super) fn load(
         .and_then(|b| b.with_intra_threads(options.intra_op_threads).map_err(Into::into))
         .and_then(|b| b.with_inter_threads(options.inter_op_threads.max(1)).map_err(Into::into))
         .and_then(|b| b.with_parallel_execution(options.inter_op_threads > 1).map_err(Into::into))
+        .and_then(|b| b.with_intra_op_spinning(options.spinning).map_err(Into::into))
+        .and_then(|b| b.with_inter_op_spinning(options.spinning).map_err(Into::into))
         .and_then(|b| b.with_prepacked_weights(&options.prepacked.0).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e: ort::Error| format!("ONNX Runtime could not load {}: {e}", path.display()))?;

@@ -18,6 +18,10 @@ use tonic::codec::CompressionEncoding;
 pub use health::HealthService;
 pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
 
+/// Per-stream and per-connection HTTP/2 receive windows.
+const STREAM_WINDOW: u32 = 1 << 20;
+const CONNECTION_WINDOW: u32 = 16 << 20;
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -47,6 +51,10 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown)
         })
     });
     let result = tonic::transport::Server::builder()
+        // HTTP/2 flow-control windows: the default 64 KiB stalls a connection
+        // that carries many requests of a few KiB at once.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
         .add_service(inference)
         .add_service(health)
         .add_service(reflection_v1)
