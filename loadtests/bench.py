@@ -123,6 +123,9 @@ def percentile(report, p):
 
 def load(server, model, concurrency, seconds, out):
     config = ghz_config(model, server.grpc, out)
+    # One unrecorded second first: connections, threads and arenas warm up.
+    subprocess.run([LOADGEN, "--config", config, "--concurrency", str(concurrency), "--duration", "1s",
+                    "--no-details", "--output", os.devnull], check=True, cwd=ROOT)
     before = server.stats(model)
     report_path = os.path.join(out, f"{model}-grpc-c{concurrency}.json")
     subprocess.run([LOADGEN, "--config", config, "--concurrency", str(concurrency), "--duration", f"{seconds}s",

@@ -1,5 +1,5 @@
 //! Warming an instance up before its version reports ready: the config's
-//! `model_warmup` samples, or one synthetic zero-filled request.
+//! `model_warmup` samples, or one synthetic zero-filled full batch.
 
 use super::config::ModelIo;
 use crate::pb;
@@ -17,7 +17,11 @@ pub fn run(session: &mut Session, config: &pb::ModelConfig, io: &ModelIo, model_
             .inputs
             .iter()
             .map(|spec| {
-                let shape: Vec<i64> = spec.graph_dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                // A full batch, so ONNX Runtime sizes its buffers for the largest run.
+                let mut shape: Vec<i64> = spec.graph_dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                if batching {
+                    shape[0] = io.max_batch_size as i64;
+                }
                 Sample::zeros(&spec.name, spec.datatype, shape)
             })
             .collect::<Result<_, _>>()?;
