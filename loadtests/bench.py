@@ -8,7 +8,7 @@ In one run, on this machine, for each shipped model:
     reading loadtests/ghz/<model>.json), with the mean batch size taken from
     the server's own statistics;
   * for the mlp, the same with batching off and with a 500 us queue delay;
-  * perf_analyzer against the mlp over gRPC at concurrency 1 and 4, when
+  * perf_analyzer against each model over gRPC at concurrency 1 and 4, when
     .deps/perf_analyzer exists (tests/run.sh puts it there).
 Prints a table with ratios to the in-process figures and writes JSON.
 
@@ -140,18 +140,23 @@ def load(server, model, concurrency, seconds, out):
             "mean_batch": (after[0] - before[0]) / executions, "errors": errors, "count": report["count"]}
 
 
-def perf_analyzer(server, concurrency, out):
+# perf_analyzer needs concrete shapes for dynamic non-batch dims.
+PERF_SHAPES = {"text": ["--shape", "words:3"]}
+
+
+def perf_analyzer(server, model, concurrency, out):
     if not os.path.exists(PERF):
         return None
-    csv = os.path.join(out, f"perf-mlp-c{concurrency}.csv")
+    csv = os.path.join(out, f"perf-{model}-c{concurrency}.csv")
     env = {**os.environ, "LD_LIBRARY_PATH": os.path.join(ROOT, ".deps/perf_analyzer/lib")}
-    subprocess.run([PERF, "-m", "mlp", "-i", "grpc", "-u", server.grpc, "--concurrency-range", str(concurrency),
+    subprocess.run([PERF, "-m", model, "-i", "grpc", "-u", server.grpc, "--concurrency-range", str(concurrency),
                     "--measurement-interval", "3000", "--stability-percentage", "100", "--max-trials", "5",
-                    "-f", csv], check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, timeout=300)
+                    "-f", csv, *PERF_SHAPES.get(model, [])],
+                   check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, timeout=300)
     with open(csv) as f:
         header, row = f.read().strip().splitlines()[:2]
     values = dict(zip(header.split(","), row.split(",")))
-    return {"model": "mlp", "client": "perf_analyzer-grpc", "concurrency": concurrency,
+    return {"model": model, "client": "perf_analyzer-grpc", "concurrency": concurrency,
             "infer_per_sec": float(values["Inferences/Second"]), "p50_us": float(values["p50 latency"]),
             "p99_us": float(values["p99 latency"]), "mean_batch": float("nan"), "errors": 0}
 
@@ -185,8 +190,9 @@ def main():
                     rows.append(load(server, f"{model}_nobatch", c, args.seconds, args.out))
         if "mlp" in models:
             rows.append(load(server, "mlp_delay500", 1, args.seconds, args.out))
+        for model in models:
             for c in (1, 4):
-                row = perf_analyzer(server, c, args.out)
+                row = perf_analyzer(server, model, c, args.out)
                 if row:
                     rows.append(row)
     finally:

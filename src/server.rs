@@ -57,15 +57,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("ready");
 
     let signal = shutdown::signal().await;
+    let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
     tracing::info!(signal, timeout_secs = config.exit_timeout_secs, "shutting down: draining in-flight requests");
-    repository.set_ready(false);
+    // 1. Not ready at once; new requests are refused, listeners close.
+    repository.begin_drain();
     let _ = trigger.send(true);
-    let drain = async {
+    let mut fronts = tokio::spawn(async move {
         let _ = grpc_task.await;
         let _ = http_task.await;
-    };
-    if tokio::time::timeout(Duration::from_secs(config.exit_timeout_secs), drain).await.is_err() {
-        tracing::warn!("exit timeout reached with requests still in flight");
+    });
+    // 2. Queued and running requests finish, until shortly before the deadline.
+    let grace = (exit_timeout / 4).min(Duration::from_millis(500));
+    if tokio::time::timeout(exit_timeout - grace, &mut fronts).await.is_err() {
+        // 3. What is still queued is answered UNAVAILABLE, never dropped
+        //    silently; the fronts get the rest of the time to send it.
+        let rejected = repository.reject_queued("the server is shutting down");
+        tracing::warn!(rejected, "exit timeout reached: queued requests answered UNAVAILABLE");
+        let _ = tokio::time::timeout(grace, fronts).await;
     }
     metrics_task.abort();
     tracing::info!("stopped");

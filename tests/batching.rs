@@ -112,31 +112,6 @@ async fn infer_all(
     tokio::time::timeout(BOUND, join_all(calls)).await.expect("the requests were never answered")
 }
 
-/// The `ferroserve_queue_depth` gauge of version 1 of `model`.
-async fn queue_depth(server: &Server, model: &str) -> Option<f64> {
-    let url = format!("http://{}/metrics", server.metrics);
-    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
-    let labels = [format!("model=\"{model}\""), "version=\"1\"".to_string()];
-    body.lines()
-        .filter(|line| line.starts_with("ferroserve_queue_depth{"))
-        .find(|line| labels.iter().all(|l| line.contains(l.as_str())))
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-}
-
-/// Polls the queue-depth gauge until it reads `depth` (the server sets it
-/// under the queue lock on every push and every batch decision).
-async fn wait_for_queue_depth(server: &Server, model: &str, depth: f64) {
-    let deadline = Instant::now() + BOUND;
-    loop {
-        let now = queue_depth(server, model).await;
-        if now == Some(depth) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the queue of {model} never held {depth} requests (last: {now:?})");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// (success count, fail count) of a model's inference statistics.
 fn outcomes(stats: &pb::ModelStatistics) -> (u64, u64) {
     let s = stats.inference_stats.as_ref().unwrap();

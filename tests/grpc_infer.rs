@@ -650,3 +650,23 @@ async fn statistics_count_requests_executions_and_batch_rows() {
     expect_error(client.model_statistics(stats("nope", "")).await, Code::NotFound, &["nope"]);
     expect_error(client.model_statistics(stats("mlp", "7")).await, Code::NotFound, &["'7'"]);
 }
+
+/// Any non-zero BOOL byte is true (perf_analyzer sends random bytes), as
+/// Triton reads them.
+#[tokio::test]
+async fn non_zero_bool_bytes_are_true() {
+    let server = Server::start(&shipped_models(), &[]);
+    let mut client = server.grpc_client().await;
+    let a = [1.5f32, 2.5, 3.5, 4.5];
+    let request = raw_request(
+        "mixed",
+        vec![
+            (input("a", "FP32", &[1, 4]), f32_bytes(&a)),
+            (input("b", "INT32", &[1, 4]), [0i32; 4].iter().flat_map(|v| v.to_le_bytes()).collect()),
+            (input("mask", "BOOL", &[1, 4]), vec![0, 103, 1, 255]),
+        ],
+    );
+    let response = client.model_infer(request).await.unwrap().into_inner();
+    assert_eq!(i64_values(output(&response, "count").2), vec![3]);
+    assert_eq!(f64_values(output(&response, "masked").2), vec![0.0, 2.5, 3.5, 4.5]);
+}

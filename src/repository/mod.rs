@@ -58,6 +58,8 @@ pub struct Repository {
     ready: AtomicBool,
     /// Server ready only when every model is (Triton's rule).
     strict_readiness: bool,
+    /// Set on shutdown: new inference requests are refused.
+    draining: AtomicBool,
 }
 
 impl Repository {
@@ -69,6 +71,7 @@ impl Repository {
             models: RwLock::new(BTreeMap::new()),
             ready: AtomicBool::new(false),
             strict_readiness,
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -79,6 +82,19 @@ impl Repository {
 
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// Shutdown begins: not ready, and new inference requests are refused
+    /// UNAVAILABLE while admitted ones finish.
+    pub fn begin_drain(&self) {
+        self.ready.store(false, Ordering::SeqCst);
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers every queued request UNAVAILABLE with `reason`; returns how
+    /// many there were. Running batches finish.
+    pub fn reject_queued(&self, reason: &str) -> usize {
+        self.all_ready().iter().map(|v| v.reject_queued(reason)).sum()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -276,6 +292,9 @@ impl Repository {
     /// Runs one inference and records its outcome in metrics and statistics.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
+        if self.draining.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable("the server is shutting down".into()));
+        }
         let version = match self.get(&request.model_name, &request.model_version) {
             Ok(v) => v,
             Err(e) => {

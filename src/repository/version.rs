@@ -11,7 +11,7 @@ use crate::runtime::{Runtime, SessionOptions};
 use crate::scheduler::policy::Policy;
 use crate::scheduler::{Labels, Scheduler};
 use crate::telemetry::{VersionMetrics, VersionStats};
-use crate::tensor::{DataType, Tensor, shape_matches};
+use crate::tensor::{Tensor, shape_matches};
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::path::Path;
@@ -165,6 +165,11 @@ impl ModelVersion {
         })
     }
 
+    /// Answers every queued request UNAVAILABLE (shutdown); returns how many.
+    pub fn reject_queued(&self, reason: &str) -> usize {
+        self.scheduler.reject_queued(reason)
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.scheduler.queue_depth()
     }
@@ -212,14 +217,6 @@ impl ModelVersion {
                 batch = Some(rows);
             }
             tensor.check_len()?;
-            if tensor.datatype == DataType::Bool
-                && let Some(i) = tensor.data.iter().position(|&b| b > 1)
-            {
-                return Err(Error::invalid(format!(
-                    "input '{}': BOOL element {i} is {}, expected 0 or 1",
-                    tensor.name, tensor.data[i]
-                )));
-            }
         }
         let mut inputs = Vec::with_capacity(by_position.len());
         let mut group = DefaultHasher::new();

@@ -31,7 +31,7 @@ pub struct RunInput<'a> {
 /// Views aligned bytes as elements of `T`.
 ///
 /// SAFETY: `bytes` must be 8-byte aligned, a whole number of `T`s, and every
-/// bit pattern must be a valid `T` (callers check BOOL bytes are 0 or 1).
+/// bit pattern must be a valid `T` (BOOL bytes are normalised to 0 or 1).
 unsafe fn cast<T>(bytes: &[u8]) -> &[T] {
     unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), bytes.len() / std::mem::size_of::<T>()) }
 }
@@ -132,12 +132,18 @@ fn make_value<'b>(
         };
         return Ok(super::strings::to_tensor(allocator, input.shape, data)?.into_dyn().into());
     }
-    let bytes: &'b [u8] = buffer.fill(input.parts);
+    let bytes: &'b mut [u8] = buffer.fill(input.parts);
+    if input.datatype == DataType::Bool {
+        // Any non-zero byte is true, as Triton reads BOOL; normalised so the
+        // bytes are valid `bool`s.
+        bytes.iter_mut().for_each(|b| *b = u8::from(*b != 0));
+    }
+    let bytes: &'b [u8] = bytes;
     let shape = input.shape.to_vec();
     macro_rules! view {
         ($t:ty) => {
             // SAFETY: AlignedBuffer is 8-byte aligned, the caller checked the
-            // byte count against shape and datatype, BOOL bytes are 0 or 1.
+            // byte count against shape and datatype, BOOL bytes are 0 or 1 (above).
             ort::value::TensorRef::<$t>::from_array_view((shape, unsafe { cast::<$t>(bytes) }))
                 .map_err(|e| e.to_string())?
                 .into()

@@ -123,6 +123,23 @@ impl Scheduler {
         result.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
 
+    /// Closes the queue and answers everything in it UNAVAILABLE with
+    /// `reason`; batches already running finish. Returns how many.
+    pub fn reject_queued(&self, reason: &str) -> usize {
+        let jobs = {
+            let mut queue = self.shared.queue.lock();
+            queue.closed = true;
+            queue.jobs.drain()
+        };
+        self.shared.metrics.set_queue_depth(0);
+        self.shared.wake.notify_all();
+        let count = jobs.len();
+        for job in jobs {
+            let _ = job.reply.send(Err(Error::Unavailable(reason.to_string())));
+        }
+        count
+    }
+
     /// Requests waiting for an instance.
     pub fn queue_depth(&self) -> usize {
         self.shared.queue.lock().jobs.len()

@@ -11,7 +11,7 @@ pub struct AlignedBuffer {
 impl AlignedBuffer {
     /// Replaces the contents with the concatenation of `parts`: the one copy
     /// from request bytes into the batch. Reuses the allocation.
-    pub fn fill(&mut self, parts: &[&[u8]]) -> &[u8] {
+    pub fn fill(&mut self, parts: &[&[u8]]) -> &mut [u8] {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if self.words.len() < len.div_ceil(8) {
             self.words.resize(len.div_ceil(8), 0);

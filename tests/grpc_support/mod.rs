@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use crate::common::GrpcClient;
+use crate::common::{GrpcClient, Server};
 use ferroserve::pb;
 use ferroserve::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
 use std::path::Path;
@@ -234,4 +234,29 @@ pub async fn model_statistics(client: &mut GrpcClient, model: &str) -> pb::Model
 /// Executions per batch size (batch_size -> compute_infer.count).
 pub fn executions_by_batch_size(stats: &pb::ModelStatistics) -> std::collections::BTreeMap<u64, u64> {
     stats.batch_stats.iter().map(|b| (b.batch_size, b.compute_infer.map_or(0, |d| d.count))).collect()
+}
+
+/// The `ferroserve_queue_depth` gauge of version 1 of `model`.
+pub async fn queue_depth(server: &Server, model: &str) -> Option<f64> {
+    let url = format!("http://{}/metrics", server.metrics);
+    let body = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let labels = [format!("model=\"{model}\""), "version=\"1\"".to_string()];
+    body.lines()
+        .filter(|line| line.starts_with("ferroserve_queue_depth{"))
+        .find(|line| labels.iter().all(|l| line.contains(l.as_str())))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+/// Polls the queue-depth gauge until it reads `depth` (the server sets it
+/// under the queue lock on every push and every batch decision).
+pub async fn wait_for_queue_depth(server: &Server, model: &str, depth: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = queue_depth(server, model).await;
+        if now == Some(depth) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the queue of {model} never held {depth} requests (last: {now:?})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
