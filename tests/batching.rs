@@ -41,29 +41,28 @@ fn plus3_onnx() -> PathBuf {
     test_models().join("multiversion/3/model.onnx")
 }
 
-/// An mlp config (input FP32 [16] -> probabilities FP32 [10]), one instance,
-/// followed by `scheduling` (a dynamic_batching block or nothing).
-fn mlp_config(max_batch_size: u32, scheduling: &str) -> String {
+/// A config with one FP32 input and one FP32 output, one instance, followed
+/// by `scheduling` (a dynamic_batching block or nothing).
+fn fp32_config(input: (&str, u32), output: (&str, u32), max_batch_size: u32, scheduling: &str) -> String {
+    let ((input, input_dim), (output, output_dim)) = (input, output);
     format!(
         "platform: \"onnxruntime_onnx\"\n\
          max_batch_size: {max_batch_size}\n\
-         input [ {{ name: \"input\" data_type: TYPE_FP32 dims: [ 16 ] }} ]\n\
-         output [ {{ name: \"probabilities\" data_type: TYPE_FP32 dims: [ 10 ] }} ]\n\
+         input [ {{ name: \"{input}\" data_type: TYPE_FP32 dims: [ {input_dim} ] }} ]\n\
+         output [ {{ name: \"{output}\" data_type: TYPE_FP32 dims: [ {output_dim} ] }} ]\n\
          instance_group [ {{ count: 1 kind: KIND_CPU }} ]\n\
          {scheduling}\n"
     )
 }
 
-/// A y = x + 3 config (x FP32 [1] -> y FP32 [1]), one instance.
+/// An mlp config (input FP32 [16] -> probabilities FP32 [10]).
+fn mlp_config(max_batch_size: u32, scheduling: &str) -> String {
+    fp32_config(("input", 16), ("probabilities", 10), max_batch_size, scheduling)
+}
+
+/// A y = x + 3 config (x FP32 [1] -> y FP32 [1]).
 fn plus3_config(max_batch_size: u32, scheduling: &str) -> String {
-    format!(
-        "platform: \"onnxruntime_onnx\"\n\
-         max_batch_size: {max_batch_size}\n\
-         input [ {{ name: \"x\" data_type: TYPE_FP32 dims: [ 1 ] }} ]\n\
-         output [ {{ name: \"y\" data_type: TYPE_FP32 dims: [ 1 ] }} ]\n\
-         instance_group [ {{ count: 1 kind: KIND_CPU }} ]\n\
-         {scheduling}\n"
-    )
+    fp32_config(("x", 1), ("y", 1), max_batch_size, scheduling)
 }
 
 /// Writes `<root>/<name>/config.pbtxt` (named `name`) and version 1 from `onnx`.
