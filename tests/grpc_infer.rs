@@ -670,3 +670,13 @@ async fn non_zero_bool_bytes_are_true() {
     assert_eq!(i64_values(output(&response, "count").2), vec![3]);
     assert_eq!(f64_values(output(&response, "masked").2), vec![0.0, 2.5, 3.5, 4.5]);
 }
+
+/// A message over --max-message-bytes is refused RESOURCE_EXHAUSTED (not
+/// tonic's OUT_OF_RANGE), and the connection serves on.
+#[tokio::test]
+async fn oversized_messages_are_resource_exhausted() {
+    let server = Server::start(&shipped_models(), &["--max-message-bytes", "1000"]);
+    let mut client = server.grpc_client().await;
+    expect_error(client.model_infer(mlp_request(32)).await, Code::ResourceExhausted, &["too large"]);
+    check_mlp_response(&client.model_infer(mlp_request(1)).await.unwrap().into_inner(), 1);
+}

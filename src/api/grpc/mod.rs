@@ -18,6 +18,24 @@ use tonic::codec::CompressionEncoding;
 pub use health::HealthService;
 pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
 
+/// tonic refuses a message over the decoding limit with OUT_OF_RANGE; the
+/// protocol's answer for "too large" is RESOURCE_EXHAUSTED. The refusal is a
+/// trailers-only response, so its status sits in the headers.
+fn oversized_is_resource_exhausted<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
+    let too_large = headers
+        .get("grpc-message")
+        .and_then(|m| m.to_str().ok())
+        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
+    if out_of_range && too_large {
+        headers.insert("grpc-status", tonic::codegen::http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
 /// Per-stream and per-connection HTTP/2 receive windows.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
@@ -51,6 +69,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown)
         })
     });
     let result = tonic::transport::Server::builder()
+        .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted))
         // HTTP/2 flow-control windows: the default 64 KiB stalls a connection
         // that carries many requests of a few KiB at once.
         .initial_stream_window_size(STREAM_WINDOW)
