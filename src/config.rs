@@ -70,6 +70,11 @@ pub struct Config {
     #[arg(long, env = "ORT_DYLIB_PATH")]
     pub onnxruntime_library: Option<PathBuf>,
 
+    /// Inference requests the whole server holds at once; more are refused at
+    /// once (RESOURCE_EXHAUSTED / 429) so memory stays bounded under overload.
+    #[arg(long, env = "FERROSERVE_MAX_INFLIGHT", default_value_t = 8192)]
+    pub max_inflight: usize,
+
     /// Largest gRPC message or HTTP body accepted, in bytes.
     #[arg(long, env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,

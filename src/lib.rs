@@ -6,6 +6,7 @@
 //! it for an instance thread, `runtime` runs ONNX Runtime, and `telemetry`
 //! records what happened.
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;

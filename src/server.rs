@@ -31,7 +31,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let repository = Arc::new(Repository::new(
         config.model_repository.clone(),
         runtime,
-        LoadContext { cores },
+        LoadContext { cores, max_in_flight: config.max_inflight },
         config.strict_readiness,
     ));
     let state = Arc::new(State { repository: repository.clone(), config: config.clone() });

@@ -6,7 +6,7 @@ pub mod grpc;
 pub mod http;
 mod status;
 
-pub use status::{grpc_status, http_status};
+pub use status::{RETRY_AFTER_SECS, grpc_status, http_status};
 
 /// Protocol extensions ferroserve implements, as ServerMetadata lists them.
 pub const EXTENSIONS: &[&str] =

@@ -16,9 +16,19 @@ fn codes(error: &Error) -> (StatusCode, tonic::Code) {
     }
 }
 
+/// How long an overloaded client should wait before retrying: gRPC's
+/// `grpc-retry-pushback-ms` and HTTP's `Retry-After` (whole seconds, so 1).
+pub const RETRY_PUSHBACK_MS: u64 = 100;
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 pub fn grpc_status(error: Error) -> tonic::Status {
     let (_, code) = codes(&error);
-    tonic::Status::new(code, error.to_string())
+    let overloaded = matches!(error, Error::Overloaded(_));
+    let mut status = tonic::Status::new(code, error.to_string());
+    if overloaded {
+        status.metadata_mut().insert("grpc-retry-pushback-ms", RETRY_PUSHBACK_MS.into());
+    }
+    status
 }
 
 pub fn http_status(error: &Error) -> StatusCode {
@@ -44,5 +54,12 @@ mod tests {
             assert_eq!(http_status(&error).as_u16(), http);
             assert_eq!(grpc_status(error).code(), grpc);
         }
+    }
+
+    #[test]
+    fn overload_carries_a_retry_pushback() {
+        let status = grpc_status(Error::Overloaded("busy".into()));
+        assert_eq!(status.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
+        assert!(grpc_status(Error::invalid("x")).metadata().get("grpc-retry-pushback-ms").is_none());
     }
 }

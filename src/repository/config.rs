@@ -14,7 +14,8 @@ pub const BACKEND: &str = "onnxruntime";
 /// (Triton's default-max-batch-size).
 pub const AUTO_MAX_BATCH_SIZE: i32 = 4;
 /// The `parameters` keys ferroserve understands; any other key is a load error.
-pub const KNOWN_PARAMETERS: &[&str] = &["intra_op_thread_count", "inter_op_thread_count", "allow_spinning"];
+pub const KNOWN_PARAMETERS: &[&str] =
+    &["intra_op_thread_count", "inter_op_thread_count", "allow_spinning", "adaptive_concurrency"];
 
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();

@@ -10,6 +10,7 @@ mod warmup;
 
 pub use version::{LoadContext, ModelVersion};
 
+use crate::admission::ServerCap;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
@@ -60,6 +61,8 @@ pub struct Repository {
     strict_readiness: bool,
     /// Set on shutdown: new inference requests are refused.
     draining: AtomicBool,
+    /// The server-wide cap on inference requests in flight.
+    cap: ServerCap,
 }
 
 impl Repository {
@@ -72,6 +75,7 @@ impl Repository {
             ready: AtomicBool::new(false),
             strict_readiness,
             draining: AtomicBool::new(false),
+            cap: ServerCap::new(context.max_in_flight),
         }
     }
 
@@ -295,6 +299,13 @@ impl Repository {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
+        let _in_flight = match self.cap.try_enter(&request.model_name) {
+            Ok(permit) => permit,
+            Err(e) => {
+                telemetry::record_request(&request.model_name, &request.model_version, e.code(), started.elapsed());
+                return Err(e);
+            }
+        };
         let version = match self.get(&request.model_name, &request.model_version) {
             Ok(v) => v,
             Err(e) => {

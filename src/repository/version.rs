@@ -4,6 +4,8 @@
 
 use super::config::{self, IoSpec, ModelIo};
 use super::warmup;
+use crate::admission::VersionAdmission;
+use crate::admission::limiter::LimitConfig;
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
@@ -32,6 +34,8 @@ pub struct ModelVersion {
     pub io: ModelIo,
     pub stats: Arc<VersionStats>,
     pub metrics: VersionMetrics,
+    /// The adaptive concurrency limit, when the config turns it on.
+    admission: Option<Arc<VersionAdmission>>,
     scheduler: Scheduler,
     queueing: Queueing,
 }
@@ -94,6 +98,8 @@ impl Queueing {
 pub struct LoadContext {
     /// CPU cores available to the server.
     pub cores: usize,
+    /// The server-wide cap on inference requests in flight (--max-inflight).
+    pub max_in_flight: usize,
 }
 
 impl ModelVersion {
@@ -142,21 +148,29 @@ impl ModelVersion {
         let labels = Labels { model: name.clone(), version: label.clone() };
         let metrics = VersionMetrics::new(&name, &label);
         let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone(), metrics.clone());
-        Ok(ModelVersion { name, version, label, config, io, stats, metrics, scheduler, queueing })
+        let admission = (config::parameter(&config, "adaptive_concurrency") == Some(1))
+            .then(|| VersionAdmission::new(&name, &label, LimitConfig::default()));
+        Ok(ModelVersion { name, version, label, config, io, stats, metrics, admission, scheduler, queueing })
     }
 
     /// Runs one request through the queue. Validation errors come back
     /// before anything is queued.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let prepared = self.prepare(&request)?;
+        let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
         let deadline = self.queueing.deadline(Instant::now(), &request);
         let outputs = self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline);
         let outputs = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
                 .await
-                .map_err(|_| Error::DeadlineExceeded("the request's deadline passed before it completed".into()))??,
-            None => outputs.await?,
+                .map_err(|_| Error::DeadlineExceeded("the request's deadline passed before it completed".into()))
+                .and_then(|r| r),
+            None => outputs.await,
         };
+        if let Some(permit) = permit {
+            permit.finish(outputs.is_ok());
+        }
+        let outputs = outputs?;
         Ok(InferResponse {
             model_name: self.name.clone(),
             model_version: self.label.clone(),

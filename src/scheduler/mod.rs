@@ -11,7 +11,7 @@ mod worker;
 
 use crate::error::{Error, Result};
 use crate::runtime::Session;
-use crate::telemetry::{VersionMetrics, VersionStats};
+use crate::telemetry::{self, VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
 use parking_lot::{Condvar, Mutex};
 use policy::{BatchQueue, Policy};
@@ -106,6 +106,7 @@ impl Scheduler {
                 return Err(Error::Unavailable("the model version is unloading".into()));
             }
             if let Err((_, full)) = queue.jobs.push(job, rows, group, now, deadline) {
+                telemetry::record_shed(&self.shared.labels.model, &self.shared.labels.version, "queue_full");
                 return Err(Error::Overloaded(format!(
                     "the queue of model '{}' version {} is full ({} requests)",
                     self.shared.labels.model, self.shared.labels.version, full.0

@@ -22,6 +22,13 @@ pub const COMPUTE_DURATION: &str = "ferroserve_compute_duration_seconds";
 pub const BATCH_SIZE: &str = "ferroserve_batch_size";
 /// Requests waiting for an instance, per version.
 pub const QUEUE_DEPTH: &str = "ferroserve_queue_depth";
+/// Requests refused before any work, by reason (queue_full,
+/// concurrency_limit, server_inflight).
+pub const SHED_TOTAL: &str = "ferroserve_shed_total";
+/// The adaptive concurrency limit of each version.
+pub const CONCURRENCY_LIMIT: &str = "ferroserve_concurrency_limit";
+/// Requests inside each version (admitted, not yet answered).
+pub const IN_FLIGHT: &str = "ferroserve_inflight_requests";
 /// Model version loads by outcome ("ok" / "error").
 pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 /// Versions currently ready to serve.
@@ -55,6 +62,9 @@ fn describe() {
     metrics::describe_histogram!(COMPUTE_DURATION, metrics::Unit::Seconds, "Model execution time");
     metrics::describe_histogram!(BATCH_SIZE, metrics::Unit::Count, "Rows per model execution");
     metrics::describe_gauge!(QUEUE_DEPTH, "Requests waiting for an instance");
+    metrics::describe_counter!(SHED_TOTAL, "Requests refused before any work, by reason");
+    metrics::describe_gauge!(CONCURRENCY_LIMIT, "Adaptive concurrency limit per model version");
+    metrics::describe_gauge!(IN_FLIGHT, "Requests inside each model version");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
 }
@@ -64,6 +74,33 @@ pub fn record_request(model: &str, version: &str, code: &'static str, elapsed: D
     let labels = [("model", model.to_string()), ("version", version.to_string())];
     metrics::counter!(REQUESTS_TOTAL, &[&labels[..], &[("code", code.to_string())]].concat()).increment(1);
     metrics::histogram!(REQUEST_DURATION, &labels).record(elapsed.as_secs_f64());
+}
+
+/// Counts one refused request.
+pub fn record_shed(model: &str, version: &str, reason: &'static str) {
+    metrics::counter!(SHED_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "reason" => reason)
+        .increment(1);
+}
+
+/// The concurrency-limit and in-flight gauges of one version.
+pub struct AdmissionGauges {
+    limit: metrics::Gauge,
+    in_flight: metrics::Gauge,
+}
+
+impl AdmissionGauges {
+    pub fn new(model: &str, version: &str) -> Self {
+        let labels = [("model", model.to_string()), ("version", version.to_string())];
+        AdmissionGauges {
+            limit: metrics::gauge!(CONCURRENCY_LIMIT, &labels),
+            in_flight: metrics::gauge!(IN_FLIGHT, &labels),
+        }
+    }
+
+    pub fn set(&self, limit: u32, in_flight: u32) {
+        self.limit.set(f64::from(limit));
+        self.in_flight.set(f64::from(in_flight));
+    }
 }
 
 /// Metric handles of one model version, registered once so the hot path

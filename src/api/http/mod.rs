@@ -80,7 +80,12 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shut
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
 fn error_response(error: Error) -> Response {
-    (http_status(&error), axum::Json(json!({ "error": error.to_string() }))).into_response()
+    let overloaded = matches!(error, Error::Overloaded(_));
+    let mut response = (http_status(&error), axum::Json(json!({ "error": error.to_string() }))).into_response();
+    if overloaded {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::api::RETRY_AFTER_SECS));
+    }
+    response
 }
 
 fn json_reply(result: Result<Value>) -> Response {

@@ -1,0 +1,99 @@
+//! Admission before any work is queued: a server-wide cap on requests in
+//! flight, and per model version an adaptive concurrency limit
+//! (limiter.rs). A request over either is refused at once (RESOURCE_EXHAUSTED
+//! with `grpc-retry-pushback-ms`, HTTP 429 with `Retry-After`) and counted
+//! in `ferroserve_shed_total` by reason.
+
+pub mod limiter;
+
+use crate::error::{Error, Result};
+use crate::telemetry;
+use limiter::{LimitConfig, Limiter};
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Instant;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The server-wide cap on inference requests inside the server.
+pub struct ServerCap {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+impl ServerCap {
+    pub fn new(max: usize) -> Self {
+        ServerCap { permits: Arc::new(Semaphore::new(max.max(1))), max: max.max(1) }
+    }
+
+    /// A permit held until the request is answered, or a refusal.
+    pub fn try_enter(&self, model: &str) -> Result<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().map_err(|_| {
+            telemetry::record_shed(model, "", "server_inflight");
+            Error::Overloaded(format!("the server has {} requests in flight, its limit", self.max))
+        })
+    }
+}
+
+/// The adaptive limit of one model version and the requests inside it.
+pub struct VersionAdmission {
+    model: String,
+    version: String,
+    limiter: Mutex<Limiter>,
+    in_flight: AtomicU32,
+    gauges: telemetry::AdmissionGauges,
+}
+
+/// Held while an admitted request is inside; `finish` teaches the limiter.
+pub struct Permit {
+    admission: Arc<VersionAdmission>,
+    entered: Instant,
+}
+
+impl VersionAdmission {
+    pub fn new(model: &str, version: &str, config: LimitConfig) -> Arc<Self> {
+        let limiter = Limiter::new(config);
+        let gauges = telemetry::AdmissionGauges::new(model, version);
+        gauges.set(limiter.limit(), 0);
+        Arc::new(VersionAdmission {
+            model: model.to_string(),
+            version: version.to_string(),
+            limiter: Mutex::new(limiter),
+            in_flight: AtomicU32::new(0),
+            gauges,
+        })
+    }
+
+    pub fn try_enter(self: &Arc<Self>) -> Result<Permit> {
+        let limit = self.limiter.lock().limit();
+        let inside = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if inside >= limit {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            telemetry::record_shed(&self.model, &self.version, "concurrency_limit");
+            return Err(Error::Overloaded(format!(
+                "model '{}' version {} is at its concurrency limit ({limit} requests in flight)",
+                self.model, self.version
+            )));
+        }
+        self.gauges.set(limit, inside + 1);
+        Ok(Permit { admission: self.clone(), entered: Instant::now() })
+    }
+}
+
+impl Permit {
+    /// The request was answered; `ran` says whether it reached the model (its
+    /// latency then teaches the limiter).
+    pub fn finish(self, ran: bool) {
+        if ran {
+            let mut limiter = self.admission.limiter.lock();
+            limiter.record(self.entered.elapsed());
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let inside = self.admission.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
+        self.admission.gauges.set(self.admission.limiter.lock().limit(), inside);
+    }
+}
