@@ -130,11 +130,11 @@ mod tests {
     fn moderate_queueing_holds_the_limit() {
         let mut l = Limiter::new(LimitConfig { initial: 10, min: 2, max: 100 });
         l.record(ms(10)); // limit 11
-        // queued = 11 × (1 − 10/25) = 6.6 > BETA: shrink to 10, then 10 × 0.6 = 6: hold.
+        // queued = 11 × (1 − 10/20) = 5.5, between ALPHA and BETA: hold.
         for _ in 0..10 {
-            l.record(ms(25));
+            l.record(ms(20));
         }
-        assert_eq!(l.limit(), 10);
+        assert_eq!(l.limit(), 11);
     }
 
     #[test]
