@@ -77,12 +77,12 @@ def write_config(repo, name, text):
                 text.strip("\n").encode("utf-8") + b"\n")
 
 
-def session(model):
+def session(model, log_severity_level=3):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    opts.log_severity_level = 3
+    opts.log_severity_level = log_severity_level
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
 
@@ -672,6 +672,174 @@ output [
 """
 
 
+def build_failing():
+    # y = 2 * Reshape(x, [batch, 4 + any(fail != 0)]). A non-zero fail asks
+    # Reshape for [batch, 5], which ORT rejects while running the graph (the
+    # target shape depends on input data, so loading always succeeds). The
+    # extra [0] before ReduceMax keeps an empty batch well defined.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["batch"], name="batch", start=0, end=1),
+        helper.make_node("Equal", ["fail", "zero_i64"], ["fail_is_zero"], name="fail_is_zero"),
+        helper.make_node("Not", ["fail_is_zero"], ["fail_set"], name="fail_set"),
+        helper.make_node("Cast", ["fail_set"], ["fail_set_i64"], name="fail_set_i64",
+                         to=TensorProto.INT64),
+        helper.make_node("Reshape", ["fail_set_i64", "flat"], ["fail_set_flat"],
+                         name="fail_set_flat"),
+        helper.make_node("Concat", ["fail_set_flat", "zero_i64"], ["fail_set_or_zero"],
+                         name="fail_set_or_zero", axis=0),
+        helper.make_node("ReduceMax", ["fail_set_or_zero"], ["any_fail"], name="any_fail",
+                         keepdims=1),
+        helper.make_node("Add", ["four", "any_fail"], ["width"], name="width"),
+        helper.make_node("Concat", ["batch", "width"], ["target_shape"], name="target_shape",
+                         axis=0),
+        helper.make_node("Reshape", ["x", "target_shape"], ["x_checked"], name="reshape"),
+        helper.make_node("Mul", ["x_checked", "two"], ["y"], name="double"),
+    ]
+    graph = helper.make_graph(
+        nodes, "failing",
+        [tensor("x", TensorProto.FLOAT, ["batch", 4]),
+         tensor("fail", TensorProto.INT64, ["batch", 1])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+        [init("zero_i64", np.array([0], dtype=np.int64)),
+         init("flat", np.array([-1], dtype=np.int64)),
+         init("four", np.array([4], dtype=np.int64)),
+         init("two", np.array([2.0], dtype=np.float32))],
+    )
+    model = make_model(graph)
+
+    # Errors are expected below; keep ORT from logging them.
+    sess = session(model, log_severity_level=4)
+    x = np.random.default_rng(12).standard_normal((3, 4)).astype(np.float32)
+    (y,) = sess.run(None, {"x": x, "fail": np.zeros((3, 1), dtype=np.int64)})
+    check_equal("failing (fail=0)", y, x * np.float32(2))
+    (y,) = sess.run(None, {"x": x[:0], "fail": np.zeros((0, 1), dtype=np.int64)})
+    check_equal("failing (empty batch)", y, x[:0] * np.float32(2))
+    for fail in ([[0], [1], [0]], [[-1], [0], [0]], [[np.iinfo(np.int64).min]] * 3):
+        try:
+            sess.run(None, {"x": x, "fail": np.array(fail, dtype=np.int64)})
+        except Exception as e:  # onnxruntime's Fail/InvalidArgument
+            check("requested shape" in str(e),
+                  f"failing (fail={fail}): unexpected error {e}")
+        else:
+            check(False, f"failing (fail={fail}): run did not fail")
+    return model
+
+
+FAILING_CONFIG = """
+# y = 2 * x, but the run fails inside ONNX Runtime when any fail value is non-zero.
+name: "failing"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  },
+  {
+    # 0: compute y; non-zero (anywhere in the batch): Reshape error at run time.
+    name: "fail"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  }
+]
+"""
+
+
+def build_slow():
+    # y = x + 1 + 0 * (Loop of spin iterations adding 1 to a float). Each
+    # iteration costs on the order of a microsecond of ORT Loop overhead.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Add", ["count_in", "one"], ["count_out"], name="count")],
+        "spin_body",
+        [tensor("iteration", TensorProto.INT64, []),
+         tensor("cond_in", TensorProto.BOOL, []),
+         tensor("count_in", TensorProto.FLOAT, [1])],
+        [tensor("cond_out", TensorProto.BOOL, []),
+         tensor("count_out", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("Squeeze", ["spin", "axis0"], ["trip_count"], name="trip_count"),
+        helper.make_node("Loop", ["trip_count", "", "count0"], ["count"], name="spin",
+                         body=body),
+        helper.make_node("Mul", ["count", "zero"], ["nothing"], name="discard"),
+        helper.make_node("Add", ["x", "one"], ["x_plus_one"], name="plus_one"),
+        helper.make_node("Add", ["x_plus_one", "nothing"], ["y"], name="keep_loop"),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow",
+        [tensor("x", TensorProto.FLOAT, [1, 1]),
+         tensor("spin", TensorProto.INT64, [1])],
+        [tensor("y", TensorProto.FLOAT, [1, 1])],
+        [init("axis0", np.array([0], dtype=np.int64)),
+         init("count0", np.array([0.0], dtype=np.float32)),
+         init("one", np.array([1.0], dtype=np.float32)),
+         init("zero", np.array([0.0], dtype=np.float32))],
+    )
+    model = make_model(graph)
+
+    import time
+
+    sess = session(model)
+    x = np.array([[2.5]], dtype=np.float32)
+    timings = {}
+    for spin in (0, 200000):
+        feeds = {"x": x, "spin": np.array([spin], dtype=np.int64)}
+        sess.run(None, feeds)  # warm up
+        start = time.perf_counter()
+        (y,) = sess.run(None, feeds)
+        timings[spin] = time.perf_counter() - start
+        check_equal(f"slow (spin={spin})", y, x + np.float32(1))
+    print(f"slow: spin=0 {timings[0] * 1e3:.2f} ms, "
+          f"spin=200000 {timings[200000] * 1e3:.1f} ms")
+    check(timings[200000] > 0.02, "slow: spin=200000 took under 20 ms")
+    check(timings[200000] > 10 * timings[0], "slow: spin=200000 not slower than spin=0")
+    return model
+
+
+SLOW_CONFIG = """
+# y = x + 1 after a Loop of spin iterations (about 1 us each on CPU).
+name: "slow"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 1, 1 ]
+  },
+  {
+    # Loop trip count: 0 is fast, 200000 takes tens to hundreds of ms.
+    name: "spin"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 1, 1 ]
+  }
+]
+# One instance, so a slow request holds up the ones behind it.
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+
 # --------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------
@@ -699,6 +867,10 @@ def generate_tests(out):
     write_config(out, "multiversion", MULTIVERSION_CONFIG)
     write_model(out, "reshaped", build_reshaped())
     write_config(out, "reshaped", RESHAPED_CONFIG)
+    write_model(out, "failing", build_failing())
+    write_config(out, "failing", FAILING_CONFIG)
+    write_model(out, "slow", build_slow())
+    write_config(out, "slow", SLOW_CONFIG)
 
 
 _MLP_CACHE = []

@@ -1,13 +1,15 @@
 //! Admission before any work is queued: a server-wide cap on requests in
-//! flight, and per model version an adaptive concurrency limit
-//! (limiter.rs). A request over either is refused at once (RESOURCE_EXHAUSTED
+//! flight, and per model version a circuit breaker (breaker.rs) and an
+//! adaptive concurrency limit (limiter.rs). A request over either is refused at once (RESOURCE_EXHAUSTED
 //! with `grpc-retry-pushback-ms`, HTTP 429 with `Retry-After`) and counted
 //! in `ferroserve_shed_total` by reason.
 
+pub mod breaker;
 pub mod limiter;
 
 use crate::error::{Error, Result};
 use crate::telemetry;
+use breaker::{Breaker, BreakerConfig, Outcome};
 use limiter::{LimitConfig, Limiter};
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -95,5 +97,85 @@ impl Drop for Permit {
     fn drop(&mut self) {
         let inside = self.admission.in_flight.fetch_sub(1, Ordering::AcqRel) - 1;
         self.admission.gauges.set(self.admission.limiter.lock().limit(), inside);
+    }
+}
+
+/// The circuit breaker of one model version, with its metrics.
+pub struct VersionBreaker {
+    model: String,
+    version: String,
+    breaker: Mutex<Breaker>,
+    gauge: metrics::Gauge,
+}
+
+/// An admitted call; `finish` records how it ended, dropping it unfinished
+/// (cancelled) frees a half-open probe slot.
+pub struct BreakerTicket<'a> {
+    owner: &'a VersionBreaker,
+    entered: Instant,
+    finished: bool,
+}
+
+impl VersionBreaker {
+    pub fn new(model: &str, version: &str, config: BreakerConfig) -> Self {
+        let gauge = telemetry::breaker_gauge(model, version);
+        gauge.set(0.0);
+        VersionBreaker {
+            model: model.to_string(),
+            version: version.to_string(),
+            breaker: Mutex::new(Breaker::new(config)),
+            gauge,
+        }
+    }
+
+    /// Lets a call through, or refuses it UNAVAILABLE while the breaker is open.
+    pub fn try_acquire(&self) -> Result<BreakerTicket<'_>> {
+        let mut breaker = self.breaker.lock();
+        let before = breaker.state();
+        let acquired = breaker.try_acquire(Instant::now());
+        if breaker.state().name() != before.name() {
+            self.transition(breaker.state());
+        }
+        match acquired {
+            Ok(()) => Ok(BreakerTicket { owner: self, entered: Instant::now(), finished: false }),
+            Err(wait) => Err(Error::Unavailable(format!(
+                "the circuit breaker of model '{}' version {} is open after repeated model failures; retry in {} ms",
+                self.model,
+                self.version,
+                wait.as_millis()
+            ))),
+        }
+    }
+
+    fn transition(&self, to: breaker::State) {
+        self.gauge.set(to.gauge());
+        telemetry::record_breaker_transition(&self.model, &self.version, to.name());
+        tracing::warn!(model = %self.model, version = %self.version, state = to.name(), "circuit breaker");
+    }
+}
+
+impl BreakerTicket<'_> {
+    /// Records the call: a model failure (INTERNAL) or success counts; any
+    /// other error (deadline, shutdown) is not the model's doing.
+    pub fn finish<T>(mut self, result: &Result<T>) {
+        let ok = match result {
+            Ok(_) => true,
+            Err(Error::Internal(_)) => false,
+            Err(_) => return, // Drop releases the slot
+        };
+        self.finished = true;
+        let mut breaker = self.owner.breaker.lock();
+        let outcome: Outcome = breaker.outcome(ok, self.entered.elapsed());
+        if let Some(state) = breaker.record(Instant::now(), outcome) {
+            self.owner.transition(state);
+        }
+    }
+}
+
+impl Drop for BreakerTicket<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.owner.breaker.lock().release();
+        }
     }
 }

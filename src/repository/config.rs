@@ -14,8 +14,15 @@ pub const BACKEND: &str = "onnxruntime";
 /// (Triton's default-max-batch-size).
 pub const AUTO_MAX_BATCH_SIZE: i32 = 4;
 /// The `parameters` keys ferroserve understands; any other key is a load error.
-pub const KNOWN_PARAMETERS: &[&str] =
-    &["intra_op_thread_count", "inter_op_thread_count", "allow_spinning", "adaptive_concurrency"];
+pub const KNOWN_PARAMETERS: &[&str] = &[
+    "intra_op_thread_count",
+    "inter_op_thread_count",
+    "allow_spinning",
+    "adaptive_concurrency",
+    "breaker_consecutive_failures",
+    "breaker_open_ms",
+    "breaker_slow_call_ms",
+];
 
 fn pool() -> &'static DescriptorPool {
     static POOL: OnceLock<DescriptorPool> = OnceLock::new();

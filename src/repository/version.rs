@@ -4,8 +4,9 @@
 
 use super::config::{self, IoSpec, ModelIo};
 use super::warmup;
-use crate::admission::VersionAdmission;
+use crate::admission::breaker::BreakerConfig;
 use crate::admission::limiter::LimitConfig;
+use crate::admission::{VersionAdmission, VersionBreaker};
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
@@ -34,10 +35,25 @@ pub struct ModelVersion {
     pub io: ModelIo,
     pub stats: Arc<VersionStats>,
     pub metrics: VersionMetrics,
+    /// Refuses calls while the model keeps failing.
+    breaker: VersionBreaker,
     /// The adaptive concurrency limit, when the config turns it on.
     admission: Option<Arc<VersionAdmission>>,
     scheduler: Scheduler,
     queueing: Queueing,
+}
+
+/// The breaker settings: defaults, overridden by `breaker_*` parameters.
+fn breaker_config(config: &pb::ModelConfig) -> BreakerConfig {
+    let defaults = BreakerConfig::default();
+    let millis = |key| config::parameter(config, key).map(|ms| Duration::from_millis(ms as u64));
+    BreakerConfig {
+        consecutive_failures: config::parameter(config, "breaker_consecutive_failures")
+            .map_or(defaults.consecutive_failures, |n| n.max(1) as u32),
+        open_for: millis("breaker_open_ms").unwrap_or(defaults.open_for),
+        slow_call: millis("breaker_slow_call_ms").or(defaults.slow_call),
+        ..defaults
+    }
 }
 
 /// How requests wait for an instance: the batching policy and the queue
@@ -150,13 +166,15 @@ impl ModelVersion {
         let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone(), metrics.clone());
         let admission = (config::parameter(&config, "adaptive_concurrency") == Some(1))
             .then(|| VersionAdmission::new(&name, &label, LimitConfig::default()));
-        Ok(ModelVersion { name, version, label, config, io, stats, metrics, admission, scheduler, queueing })
+        let breaker = VersionBreaker::new(&name, &label, breaker_config(&config));
+        Ok(ModelVersion { name, version, label, config, io, stats, metrics, breaker, admission, scheduler, queueing })
     }
 
     /// Runs one request through the queue. Validation errors come back
     /// before anything is queued.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let prepared = self.prepare(&request)?;
+        let ticket = self.breaker.try_acquire()?;
         let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
         let deadline = self.queueing.deadline(Instant::now(), &request);
         let outputs = self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline);
@@ -170,6 +188,7 @@ impl ModelVersion {
         if let Some(permit) = permit {
             permit.finish(outputs.is_ok());
         }
+        ticket.finish(&outputs);
         let outputs = outputs?;
         Ok(InferResponse {
             model_name: self.name.clone(),

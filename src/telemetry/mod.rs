@@ -29,6 +29,10 @@ pub const SHED_TOTAL: &str = "ferroserve_shed_total";
 pub const CONCURRENCY_LIMIT: &str = "ferroserve_concurrency_limit";
 /// Requests inside each version (admitted, not yet answered).
 pub const IN_FLIGHT: &str = "ferroserve_inflight_requests";
+/// Circuit breaker state per version: 0 closed, 1 open, 2 half-open.
+pub const BREAKER_STATE: &str = "ferroserve_breaker_state";
+/// Circuit breaker transitions, by the state entered.
+pub const BREAKER_TRANSITIONS_TOTAL: &str = "ferroserve_breaker_transitions_total";
 /// Model version loads by outcome ("ok" / "error").
 pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 /// Versions currently ready to serve.
@@ -65,6 +69,8 @@ fn describe() {
     metrics::describe_counter!(SHED_TOTAL, "Requests refused before any work, by reason");
     metrics::describe_gauge!(CONCURRENCY_LIMIT, "Adaptive concurrency limit per model version");
     metrics::describe_gauge!(IN_FLIGHT, "Requests inside each model version");
+    metrics::describe_gauge!(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 open, 2 half-open");
+    metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions, by the state entered");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
 }
@@ -80,6 +86,15 @@ pub fn record_request(model: &str, version: &str, code: &'static str, elapsed: D
 pub fn record_shed(model: &str, version: &str, reason: &'static str) {
     metrics::counter!(SHED_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "reason" => reason)
         .increment(1);
+}
+
+pub fn breaker_gauge(model: &str, version: &str) -> metrics::Gauge {
+    metrics::gauge!(BREAKER_STATE, "model" => model.to_string(), "version" => version.to_string())
+}
+
+pub fn record_breaker_transition(model: &str, version: &str, to: &'static str) {
+    let labels = [("model", model.to_string()), ("version", version.to_string()), ("to", to.to_string())];
+    metrics::counter!(BREAKER_TRANSITIONS_TOTAL, &labels).increment(1);
 }
 
 /// The concurrency-limit and in-flight gauges of one version.
