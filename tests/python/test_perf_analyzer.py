@@ -33,6 +33,20 @@ pytestmark = pytest.mark.skipif(
 
 
 def run_perf_analyzer(args, csv_path: Path):
+    """Runs perf_analyzer; on a shared 2-core machine a window sometimes never
+    settles and perf_analyzer leaves that level out of its CSV, so a run that
+    lost a level (without any error) is tried once more."""
+    for _ in range(2):
+        rows, output = run_perf_analyzer_once(args, csv_path)
+        if [int(r["Concurrency"]) for r in rows] == [1, 2]:
+            break
+    assert [int(r["Concurrency"]) for r in rows] == [1, 2], f"missing levels in CSV:\n{output}"
+    for r in rows:
+        assert float(r["Inferences/Second"]) > 0, r
+    return rows
+
+
+def run_perf_analyzer_once(args, csv_path: Path):
     env = dict(os.environ)
     env["LD_LIBRARY_PATH"] = os.pathsep.join(
         p for p in (str(PA_DIR / "lib"), env.get("LD_LIBRARY_PATH")) if p
@@ -46,11 +60,7 @@ def run_perf_analyzer(args, csv_path: Path):
     errors = [line for line in output.splitlines() if re.search(r"error|failed", line, re.I)]
     assert not errors, "perf_analyzer reported problems:\n" + "\n".join(errors) + f"\n\n{output}"
     with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert [int(r["Concurrency"]) for r in rows] == [1, 2], f"missing levels in CSV:\n{output}"
-    for r in rows:
-        assert float(r["Inferences/Second"]) > 0, r
-    return rows
+        return list(csv.DictReader(f)), output
 
 
 def report(label, rows):
