@@ -5,7 +5,8 @@
 mod common;
 mod grpc_support;
 
-use common::{Server, shipped_models};
+use common::{GrpcClient, Server, shipped_models};
+use ferroserve::pb;
 use grpc_support::*;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -22,6 +23,21 @@ fn slow_model(root: &std::path::Path, name: &str, extra: &str) {
     .unwrap();
 }
 
+/// Starts a request on "slow" that waits in its queue (for up to 1 s) and
+/// returns once it is queued.
+async fn hold_a_queue_slot(
+    server: &Server,
+    client: &GrpcClient,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>> {
+    let mut holder = client.clone();
+    let mut held = mlp_request(1);
+    held.model_name = "slow".into();
+    let held = with_timeout_parameter(held, 1_000_000);
+    let call = tokio::spawn(async move { holder.model_infer(held).await });
+    wait_for_queue_depth(server, "slow", 1.0).await;
+    call
+}
+
 async fn metric(server: &Server, prefix: &str) -> Option<f64> {
     let body = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
     body.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
@@ -34,12 +50,7 @@ async fn the_server_in_flight_cap_refuses_at_once_with_retry_hints() {
     let server = Server::start(repo.path(), &["--max-inflight", "1"]);
     let mut client = server.grpc_client().await;
     // One request holds the only slot (it waits for a batch, up to 1 s).
-    let mut holder = client.clone();
-    let mut held = mlp_request(1);
-    held.model_name = "slow".into();
-    let held = with_timeout_parameter(held, 1_000_000);
-    let call = tokio::spawn(async move { holder.model_infer(held).await });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let call = hold_a_queue_slot(&server, &client).await;
 
     let started = Instant::now();
     let refused = client.model_infer(mlp_request(1)).await.unwrap_err();
@@ -74,12 +85,7 @@ async fn a_full_queue_is_counted_as_shed() {
     .unwrap();
     let server = Server::start(repo.path(), &[]);
     let mut client = server.grpc_client().await;
-    let mut holder = client.clone();
-    let mut held = mlp_request(1);
-    held.model_name = "slow".into();
-    let held = with_timeout_parameter(held, 1_000_000);
-    let call = tokio::spawn(async move { holder.model_infer(held).await });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let call = hold_a_queue_slot(&server, &client).await;
     let mut second = mlp_request(1);
     second.model_name = "slow".into();
     let refused = client.model_infer(second).await.unwrap_err();

@@ -187,6 +187,15 @@ mod tests {
         }
     }
 
+    /// A breaker opened at `t` by three failures.
+    fn opened(t: Instant) -> Breaker {
+        let mut b = Breaker::new(config());
+        for _ in 0..3 {
+            b.record(t, Outcome::Failure);
+        }
+        b
+    }
+
     #[test]
     fn consecutive_failures_open_it_and_it_refuses_until_the_wait_ends() {
         let t = Instant::now();
@@ -236,10 +245,7 @@ mod tests {
     #[test]
     fn half_open_admits_probes_and_closes_when_they_succeed() {
         let t = Instant::now();
-        let mut b = Breaker::new(config());
-        for _ in 0..3 {
-            b.record(t, Outcome::Failure);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(1);
         assert_eq!(b.try_acquire(later), Ok(()));
         assert_eq!(b.state(), State::HalfOpen { admitted: 1, succeeded: 0 });
@@ -253,10 +259,7 @@ mod tests {
     #[test]
     fn a_failed_probe_opens_it_again() {
         let t = Instant::now();
-        let mut b = Breaker::new(config());
-        for _ in 0..3 {
-            b.record(t, Outcome::Failure);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(1);
         b.try_acquire(later).unwrap();
         assert!(
@@ -267,10 +270,7 @@ mod tests {
     #[test]
     fn a_cancelled_probe_frees_its_slot() {
         let t = Instant::now();
-        let mut b = Breaker::new(config());
-        for _ in 0..3 {
-            b.record(t, Outcome::Failure);
-        }
+        let mut b = opened(t);
         let later = t + Duration::from_secs(1);
         b.try_acquire(later).unwrap();
         b.try_acquire(later).unwrap();
