@@ -10,6 +10,8 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;
+#[cfg(test)]
+mod fuzz;
 pub mod infer;
 pub mod pb;
 pub mod repository;

@@ -4,6 +4,8 @@
 mod codec;
 mod json;
 
+pub use codec::decode as decode_body;
+
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
 use crate::server::State;
