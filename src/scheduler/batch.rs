@@ -45,9 +45,22 @@ pub fn split(outputs: Vec<Tensor>, rows: &[usize], batching: bool) -> Result<Vec
 /// Byte offset where each row starts, plus the end (total + 1 entries).
 fn row_offsets(output: &Tensor, total: usize) -> Result<Vec<usize>> {
     let count = element_count(&output.shape).map_err(Error::internal)?;
-    let per_row = count / total.max(1);
+    if total == 0 || count % total != 0 {
+        return Err(Error::internal(format!("output '{}' cannot be split into {total} rows", output.name)));
+    }
+    let per_row = count / total;
     match output.datatype.byte_size() {
-        Some(size) => Ok((0..=total).map(|r| r * per_row * size).collect()),
+        Some(size) => {
+            if count.checked_mul(size) != Some(output.data.len()) {
+                return Err(Error::internal(format!(
+                    "output '{}' has {} bytes, its shape {:?} needs {count} elements of {size}",
+                    output.name,
+                    output.data.len(),
+                    output.shape
+                )));
+            }
+            Ok((0..=total).map(|r| r * per_row * size).collect())
+        }
         None => {
             let mut offsets = Vec::with_capacity(total + 1);
             let mut position = 0;
@@ -61,7 +74,7 @@ fn row_offsets(output: &Tensor, total: usize) -> Result<Vec<usize>> {
             if per_row == 0 {
                 offsets.resize(total + 1, 0);
             }
-            if offsets.len() != total + 1 {
+            if offsets.len() != total + 1 || offsets.last() != Some(&output.data.len()) {
                 return Err(Error::internal(format!("output '{}' has an uneven BYTES layout", output.name)));
             }
             Ok(offsets)
@@ -100,6 +113,14 @@ mod tests {
     fn a_wrong_batch_dimension_is_an_error() {
         let err = split(vec![tensor(DataType::Uint8, vec![2], vec![0, 1])], &[1, 2], true).unwrap_err();
         assert!(err.to_string().contains("batch size 3"), "{err}");
+    }
+
+    #[test]
+    fn data_that_disagrees_with_the_shape_is_an_error_not_a_panic() {
+        let err = split(vec![tensor(DataType::Fp32, vec![2, 2], vec![0; 4])], &[1, 1], true).unwrap_err();
+        assert!(err.to_string().contains("has 4 bytes"), "{err}");
+        let three = encode_bytes_elements([&b"a"[..], b"b", b"c"]);
+        assert!(split(vec![tensor(DataType::Bytes, vec![2], three)], &[1, 1], true).is_err());
     }
 
     #[test]
