@@ -7,8 +7,7 @@ use crate::pb;
 use crate::repository::{ModelVersion, Repository};
 use crate::telemetry::Tally;
 use prost::Message;
-use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions};
-use std::sync::OnceLock;
+use prost_reflect::{DynamicMessage, SerializeOptions};
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn server_metadata() -> pb::ServerMetadataResponse {
@@ -118,10 +117,7 @@ pub fn repository_index(repository: &Repository, ready_only: bool) -> pb::Reposi
 
 /// A protocol message as the JSON Triton's REST API returns.
 pub fn to_json<M: Message>(message: &M, full_name: &str) -> Result<serde_json::Value> {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    let pool = POOL.get_or_init(|| {
-        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("build.rs embeds a valid descriptor set; this is a bug")
-    });
+    let pool = pb::descriptor_pool();
     let descriptor = pool
         .get_message_by_name(full_name)
         .ok_or_else(|| Error::internal(format!("no message {full_name}; this is a bug")))?;

@@ -4,8 +4,7 @@
 
 use crate::pb;
 use crate::tensor::{DataType, TensorSpec};
-use prost_reflect::{DescriptorPool, DynamicMessage};
-use std::sync::OnceLock;
+use prost_reflect::DynamicMessage;
 
 /// Platform and backend names Triton uses for ONNX Runtime models.
 pub const PLATFORM: &str = "onnxruntime_onnx";
@@ -24,16 +23,9 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "breaker_slow_call_ms",
 ];
 
-fn pool() -> &'static DescriptorPool {
-    static POOL: OnceLock<DescriptorPool> = OnceLock::new();
-    POOL.get_or_init(|| {
-        DescriptorPool::decode(pb::FILE_DESCRIPTOR_SET).expect("build.rs embeds a valid descriptor set; this is a bug")
-    })
-}
-
 /// Parses config.pbtxt text. Errors name the offending field and position.
 pub fn parse(text: &str) -> Result<pb::ModelConfig, String> {
-    let descriptor = pool()
+    let descriptor = pb::descriptor_pool()
         .get_message_by_name("inference.ModelConfig")
         .expect("model_config.proto defines ModelConfig; this is a bug");
     let text = colon_before_lists(text);
