@@ -203,10 +203,6 @@ impl ModelVersion {
         self.scheduler.reject_queued(reason)
     }
 
-    pub fn queue_depth(&self) -> usize {
-        self.scheduler.queue_depth()
-    }
-
     /// Validates a request against the model's inputs and returns its
     /// tensors in the model's input order, shaped for the graph, with the
     /// key that decides which requests may share a batch.

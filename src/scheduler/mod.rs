@@ -140,11 +140,6 @@ impl Scheduler {
         }
         count
     }
-
-    /// Requests waiting for an instance.
-    pub fn queue_depth(&self) -> usize {
-        self.shared.queue.lock().jobs.len()
-    }
 }
 
 /// Wakes the instances when a waiting request is dropped unanswered.

@@ -26,11 +26,6 @@ impl AlignedBuffer {
         }
         bytes
     }
-
-    pub fn as_bytes(&self) -> &[u8] {
-        // SAFETY: `words` holds at least `len` initialized bytes.
-        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
-    }
 }
 
 #[cfg(test)]
@@ -40,8 +35,9 @@ mod tests {
     #[test]
     fn concatenates_and_stays_aligned() {
         let mut buffer = AlignedBuffer::default();
-        assert_eq!(buffer.fill(&[&[1, 2, 3], &[], &[4]]), &[1, 2, 3, 4]);
-        assert_eq!(buffer.as_bytes().as_ptr() as usize % 8, 0);
+        let bytes = buffer.fill(&[&[1, 2, 3], &[], &[4]]);
+        assert_eq!(bytes, &[1, 2, 3, 4]);
+        assert_eq!(bytes.as_ptr() as usize % 8, 0);
         assert_eq!(buffer.fill(&[&[9]]), &[9]);
     }
 }
