@@ -78,4 +78,17 @@ pub struct Config {
     /// Largest gRPC message or HTTP body accepted, in bytes.
     #[arg(long, env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
+
+    /// Most inputs (and most requested outputs) in one inference request.
+    #[arg(long, env = "FERROSERVE_MAX_INPUTS", default_value_t = 1024)]
+    pub max_inputs: usize,
+
+    /// Most elements in one input tensor (the product of its shape).
+    #[arg(long, env = "FERROSERVE_MAX_TENSOR_ELEMENTS", default_value_t = 1 << 26)]
+    pub max_tensor_elements: u64,
+
+    /// Turn the adaptive concurrency limit on for every model whose config
+    /// does not set the `adaptive_concurrency` parameter.
+    #[arg(long, env = "FERROSERVE_ADAPTIVE_CONCURRENCY")]
+    pub adaptive_concurrency: bool,
 }

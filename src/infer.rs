@@ -1,6 +1,7 @@
 //! The transport-neutral inference request and response that the gRPC and
 //! HTTP fronts decode into and encode from.
 
+use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use std::time::{Duration, Instant};
 
@@ -31,3 +32,69 @@ pub struct InferResponse {
 
 /// The error for a malformed `timeout` request parameter.
 pub const TIMEOUT_PARAMETER: &str = "parameter 'timeout' must be a positive integer (microseconds)";
+
+/// Server-wide bounds on the shape of one request (`--max-inputs`,
+/// `--max-tensor-elements`), checked before anything is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Inputs per request, and outputs asked for per request.
+    pub max_inputs: usize,
+    /// Elements in one input tensor (the product of its shape).
+    pub max_tensor_elements: u64,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits { max_inputs: 1024, max_tensor_elements: 1 << 26 }
+    }
+}
+
+impl RequestLimits {
+    /// Refuses a request over a limit with RESOURCE_EXHAUSTED (HTTP 413),
+    /// naming the limit and its flag.
+    pub fn check(&self, request: &InferRequest) -> Result<()> {
+        for (what, count) in [("inputs", request.inputs.len()), ("requested outputs", request.outputs.len())] {
+            if count > self.max_inputs {
+                return Err(Error::ResourceExhausted(format!(
+                    "the request has {count} {what}; the server accepts at most {} (--max-inputs)",
+                    self.max_inputs
+                )));
+            }
+        }
+        for tensor in &request.inputs {
+            let elements = tensor.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d.max(0) as u64));
+            if elements.is_none_or(|n| n > self.max_tensor_elements) {
+                return Err(Error::ResourceExhausted(format!(
+                    "input '{}': shape {:?} has more than {} elements (--max-tensor-elements)",
+                    tensor.name, tensor.shape, self.max_tensor_elements
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tensor::DataType;
+
+    fn request(inputs: usize, shape: Vec<i64>) -> InferRequest {
+        let tensor = Tensor { name: "x".into(), datatype: DataType::Fp32, shape, data: Default::default() };
+        InferRequest { inputs: vec![tensor; inputs], ..Default::default() }
+    }
+
+    #[test]
+    fn limits_refuse_too_many_inputs_or_elements_naming_the_flag() {
+        let limits = RequestLimits { max_inputs: 2, max_tensor_elements: 100 };
+        assert!(limits.check(&request(2, vec![10, 10])).is_ok());
+        let e = limits.check(&request(3, vec![1])).unwrap_err();
+        assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("3 inputs") && m.contains("--max-inputs")));
+        let e = limits.check(&request(1, vec![10, 11])).unwrap_err();
+        assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("--max-tensor-elements")), "{e}");
+        // A product that overflows u64 is over any limit, not a panic.
+        assert!(limits.check(&request(1, vec![1 << 40, 1 << 40])).is_err());
+        let outputs = InferRequest { outputs: vec!["y".into(); 3], ..Default::default() };
+        assert!(limits.check(&outputs).is_err());
+    }
+}

@@ -3,6 +3,7 @@
 
 use crate::api;
 use crate::config::{Config, ControlMode};
+use crate::infer::RequestLimits;
 use crate::repository::{LoadContext, Repository};
 use crate::runtime::{Runtime, locate_library};
 use crate::shutdown;
@@ -31,7 +32,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let repository = Arc::new(Repository::new(
         config.model_repository.clone(),
         runtime,
-        LoadContext { cores, max_in_flight: config.max_inflight },
+        LoadContext {
+            cores,
+            max_in_flight: config.max_inflight,
+            limits: RequestLimits { max_inputs: config.max_inputs, max_tensor_elements: config.max_tensor_elements },
+            adaptive_concurrency: config.adaptive_concurrency,
+        },
         config.strict_readiness,
     ));
     let state = Arc::new(State { repository: repository.clone(), config: config.clone() });

@@ -1,6 +1,7 @@
 //! Admission against the real binary: the server-wide in-flight cap refuses
-//! at once with retry hints, shed requests are counted by reason, and a
-//! model can turn on the adaptive concurrency limit.
+//! at once with retry hints, shed requests are counted by reason, a model
+//! (or the server flag) turns on the adaptive concurrency limit, request
+//! shapes are bounded, and a model's default timeout applies.
 
 mod common;
 mod grpc_support;
@@ -94,6 +95,62 @@ async fn a_full_queue_is_counted_as_shed() {
     let shed = metric(&server, "ferroserve_shed_total{model=\"slow\",version=\"1\",reason=\"queue_full\"}").await;
     assert_eq!(shed, Some(1.0));
     expect_error(call.await.unwrap(), Code::DeadlineExceeded, &[]);
+}
+
+fn parameter(key: &str, value: &str) -> String {
+    format!("parameters {{ key: \"{key}\" value {{ string_value: \"{value}\" }} }}\n")
+}
+
+#[tokio::test]
+async fn the_server_flag_turns_the_adaptive_limit_on_unless_a_model_opts_out() {
+    let repo = tempfile::tempdir().unwrap();
+    slow_model(repo.path(), "default", "");
+    slow_model(
+        repo.path(),
+        "bounded",
+        &format!("{}{}", parameter("adaptive_concurrency_min", "8"), parameter("adaptive_concurrency_max", "8")),
+    );
+    slow_model(repo.path(), "off", &parameter("adaptive_concurrency", "0"));
+    let server = Server::start(repo.path(), &["--adaptive-concurrency"]);
+    let limit = |model: &str| format!("ferroserve_concurrency_limit{{model=\"{model}\",version=\"1\"}}");
+    assert_eq!(metric(&server, &limit("default")).await, Some(64.0), "the default initial limit");
+    assert_eq!(metric(&server, &limit("bounded")).await, Some(8.0), "min = max = 8 pins it");
+    assert_eq!(metric(&server, &limit("off")).await, None, "opted out: no limit, no gauge");
+}
+
+#[tokio::test]
+async fn requests_over_the_shape_limits_are_refused_naming_the_flag() {
+    let server = Server::start(&shipped_models(), &["--max-inputs", "2", "--max-tensor-elements", "32"]);
+    let mut client = server.grpc_client().await;
+    check_mlp_response(&client.model_infer(mlp_request(2)).await.unwrap().into_inner(), 2); // 32 elements
+    let over = client.model_infer(mlp_request(3)).await;
+    expect_error(over, Code::ResourceExhausted, &["'input'", "--max-tensor-elements"]);
+    let mut many = mlp_request(1);
+    many.outputs = outputs(&["output", "output", "output"]);
+    expect_error(client.model_infer(many).await, Code::ResourceExhausted, &["3 requested outputs", "--max-inputs"]);
+    let body = serde_json::json!({ "inputs": [{ "name": "input", "shape": [4, 16], "datatype": "FP32", "data": vec![0.5f32; 64] }] });
+    let http = reqwest::Client::new().post(server.http_url("/v2/models/mlp/infer")).json(&body).send().await.unwrap();
+    assert_eq!(http.status(), 413);
+    assert!(http.text().await.unwrap().contains("--max-tensor-elements"));
+}
+
+#[tokio::test]
+async fn a_model_default_timeout_applies_when_the_client_sets_none() {
+    let repo = tempfile::tempdir().unwrap();
+    // Waits 30 s for a batch of 4 that never comes; its default timeout is 200 ms.
+    slow_model(repo.path(), "slow", &parameter("request_timeout_ms", "200"));
+    let server = Server::start(repo.path(), &[]);
+    let mut client = server.grpc_client().await;
+    let mut request = mlp_request(1);
+    request.model_name = "slow".into();
+    let started = Instant::now();
+    expect_error(client.model_infer(request.clone()).await, Code::DeadlineExceeded, &["deadline"]);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(10), "answered after {waited:?}");
+    // A full batch runs at once, well within the default.
+    let mut full = mlp_request(4);
+    full.model_name = "slow".into();
+    check_mlp_response(&client.model_infer(full).await.unwrap().into_inner(), 4);
 }
 
 #[tokio::test]

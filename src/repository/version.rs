@@ -8,7 +8,7 @@ use crate::admission::breaker::BreakerConfig;
 use crate::admission::limiter::LimitConfig;
 use crate::admission::{VersionAdmission, VersionBreaker};
 use crate::error::{Error, Result};
-use crate::infer::{InferRequest, InferResponse};
+use crate::infer::{InferRequest, InferResponse, RequestLimits};
 use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
 use crate::scheduler::policy::Policy;
@@ -41,6 +41,9 @@ pub struct ModelVersion {
     admission: Option<Arc<VersionAdmission>>,
     scheduler: Scheduler,
     queueing: Queueing,
+    /// The deadline of a request that brings none (`request_timeout_ms`).
+    request_timeout: Option<Duration>,
+    limits: RequestLimits,
 }
 
 /// The breaker settings: defaults, overridden by `breaker_*` parameters.
@@ -54,6 +57,17 @@ fn breaker_config(config: &pb::ModelConfig) -> BreakerConfig {
         slow_call: millis("breaker_slow_call_ms").or(defaults.slow_call),
         ..defaults
     }
+}
+
+/// The adaptive limit's bounds: defaults, overridden by
+/// `adaptive_concurrency_min` / `_max`; None when the limit is off (the
+/// `adaptive_concurrency` parameter, else the server's default).
+fn limit_config(config: &pb::ModelConfig, server_default: bool) -> Option<LimitConfig> {
+    let on = config::parameter(config, "adaptive_concurrency").map_or(server_default, |v| v != 0);
+    let defaults = LimitConfig::default();
+    let min = config::parameter(config, "adaptive_concurrency_min").map_or(defaults.min, |n| n.max(1) as u32);
+    let max = config::parameter(config, "adaptive_concurrency_max").map_or(defaults.max, |n| n as u32).max(min);
+    on.then_some(LimitConfig { initial: defaults.initial.clamp(min, max), min, max })
 }
 
 /// How requests wait for an instance: the batching policy and the queue
@@ -116,6 +130,11 @@ pub struct LoadContext {
     pub cores: usize,
     /// The server-wide cap on inference requests in flight (--max-inflight).
     pub max_in_flight: usize,
+    /// Bounds on one request's inputs (--max-inputs, --max-tensor-elements).
+    pub limits: RequestLimits,
+    /// The adaptive concurrency limit for models whose config does not say
+    /// (--adaptive-concurrency).
+    pub adaptive_concurrency: bool,
 }
 
 impl ModelVersion {
@@ -164,15 +183,35 @@ impl ModelVersion {
         let labels = Labels { model: name.clone(), version: label.clone() };
         let metrics = VersionMetrics::new(&name, &label);
         let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone(), metrics.clone());
-        let admission = (config::parameter(&config, "adaptive_concurrency") == Some(1))
-            .then(|| VersionAdmission::new(&name, &label, LimitConfig::default()));
+        let admission = limit_config(&config, context.adaptive_concurrency)
+            .map(|limits| VersionAdmission::new(&name, &label, limits));
         let breaker = VersionBreaker::new(&name, &label, breaker_config(&config));
-        Ok(ModelVersion { name, version, label, config, io, stats, metrics, breaker, admission, scheduler, queueing })
+        let request_timeout = config::parameter(&config, "request_timeout_ms")
+            .filter(|&ms| ms > 0)
+            .map(|ms| Duration::from_millis(ms as u64));
+        Ok(ModelVersion {
+            name,
+            version,
+            label,
+            config,
+            io,
+            stats,
+            metrics,
+            breaker,
+            admission,
+            scheduler,
+            queueing,
+            request_timeout,
+            limits: context.limits,
+        })
     }
 
     /// Runs one request through the queue. Validation errors come back
     /// before anything is queued.
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse> {
+        if request.deadline.is_none() {
+            request.deadline = self.request_timeout.map(|t| Instant::now() + t);
+        }
         let prepared = self.prepare(&request)?;
         let ticket = self.breaker.try_acquire()?;
         let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
@@ -207,6 +246,7 @@ impl ModelVersion {
     /// tensors in the model's input order, shaped for the graph, with the
     /// key that decides which requests may share a batch.
     fn prepare(&self, request: &InferRequest) -> Result<Prepared> {
+        self.limits.check(request)?;
         let batching = self.io.max_batch_size > 0;
         let mut batch: Option<i64> = None;
         let mut by_position: Vec<Option<&Tensor>> = vec![None; self.io.inputs.len()];

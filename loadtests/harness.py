@@ -1,0 +1,206 @@
+"""What the benchmark and the scenarios share (standard library only): a
+ferroserve process on free loopback ports, its metrics and memory, and
+ferroload runs.
+
+Everything here targets 127.0.0.1 and is bounded: every wait has a deadline
+and a server that is still running when its `with` block ends is killed.
+"""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER = os.path.join(ROOT, "target/release/ferroserve")
+LOADGEN = os.path.join(ROOT, "target/release/ferroload")
+
+
+class Server:
+    """ferroserve on `repository` with extra flags, listening on 127.0.0.1 and
+    free ports; ready when the constructor returns. Use it as a context manager."""
+
+    def __init__(self, repository, *flags, log=os.devnull, ready_timeout=60):
+        self.log = open(log, "w")
+        self.proc = subprocess.Popen(
+            [SERVER, "--model-repository", repository, "--grpc-port", "0", "--http-port", "0",
+             "--metrics-port", "0", "--grpc-address", "127.0.0.1", "--http-address", "127.0.0.1",
+             "--metrics-address", "127.0.0.1", *flags],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")})
+        line = self.proc.stdout.readline()
+        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
+        if "grpc" not in fields:
+            self.kill()
+            raise SystemExit(f"ferroserve did not start (its first line: {line!r}); see {log}")
+        self.grpc, self.http, self.metrics = fields["grpc"], fields["http"], fields["metrics"]
+        self.pid = self.proc.pid
+        self.wait_ready(ready_timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+    def wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.http_status("/v2/health/ready") == 200:
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.kill()
+        raise SystemExit("ferroserve did not become ready")
+
+    def http_status(self, path, timeout=2):
+        try:
+            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+        except OSError:
+            return None
+
+    def stats(self, model):
+        """(inference_count, execution_count) from the model's statistics."""
+        with urllib.request.urlopen(f"http://{self.http}/v2/models/{model}/stats", timeout=5) as r:
+            s = json.load(r)["model_stats"][0]
+        return s["inference_count"], s["execution_count"]
+
+    def metrics_text(self):
+        with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as r:
+            return r.read().decode()
+
+    def metric(self, name, **labels):
+        """The sum of every series of `name` whose labels include `labels`."""
+        total = 0.0
+        pattern = re.compile(r"^" + re.escape(name) + r"(\{[^}]*\})?\s+(\S+)$")
+        for line in self.metrics_text().splitlines():
+            m = pattern.match(line)
+            if m and all(f'{k}="{v}"' in (m.group(1) or "") for k, v in labels.items()):
+                total += float(m.group(2))
+        return total
+
+    def _status_kib(self, field):
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def rss_kib(self):
+        return self._status_kib("VmRSS")
+
+    def peak_rss_kib(self):
+        """The high-water mark of resident memory since the server started."""
+        return self._status_kib("VmHWM")
+
+    def terminate(self, timeout):
+        """SIGTERM; returns (exit code, seconds to exit), or (None, timeout)
+        if it did not exit in time (it is then killed)."""
+        start = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=timeout)
+            return code, time.monotonic() - start
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None, timeout
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+def copy_model(source_dir, repository, name, config_edit=None):
+    """Copies a model directory into `repository` as `name`; `config_edit`
+    rewrites its config.pbtxt text (the name line is fixed up here)."""
+    import shutil
+
+    source_name = os.path.basename(os.path.normpath(source_dir))
+    target = os.path.join(repository, name)
+    shutil.copytree(source_dir, target)
+    config_path = os.path.join(target, "config.pbtxt")
+    if config_edit or name != source_name:
+        text = open(config_path).read() if os.path.exists(config_path) else f'name: "{source_name}"\n'
+        text = text.replace(f'name: "{source_name}"', f'name: "{name}"')
+        if config_edit:
+            text = config_edit(text)
+        with open(config_path, "w") as f:
+            f.write(text)
+    return target
+
+
+def temp_repository(prefix):
+    return tempfile.mkdtemp(prefix=f"ferroserve-{prefix}-")
+
+
+def ghz_config(base, target, out, model=None, data=None):
+    """loadtests/ghz/<base>.json aimed at `target`, optionally for another
+    model name or with other request data; returns the written path."""
+    with open(os.path.join(ROOT, "loadtests/ghz", f"{base}.json")) as f:
+        config = json.load(f)
+    if data is not None:
+        config["data"] = data
+    if model is not None:
+        config["data"]["model_name"] = model
+    config["host"] = target
+    path = os.path.join(out, f"ghz-{model or base}-{abs(hash(json.dumps(config))) % 10**8}.json")
+    with open(path, "w") as f:
+        json.dump(config, f)
+    return path
+
+
+def ferroload(config, *args, details=False, background=False):
+    """Runs ferroload on a ghz config; returns its report (a dict), or the
+    Popen with `report_path` set when `background`."""
+    fd, report_path = tempfile.mkstemp(prefix="ferroload-", suffix=".json")
+    os.close(fd)
+    cmd = [LOADGEN, "--config", config, *args, "--output", report_path]
+    if not details:
+        cmd.append("--no-details")
+    if background:
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        proc.report_path = report_path
+        return proc
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return read_report(report_path)
+
+
+def read_report(path):
+    with open(path) as f:
+        report = json.load(f)
+    os.unlink(path)
+    return report
+
+
+def percentile(report, p):
+    """The report's p-th latency percentile in microseconds."""
+    for entry in report.get("latencyDistribution") or []:
+        if entry["percentage"] == p:
+            return entry["latency"] / 1e3  # ns -> us
+    return float("nan")
+
+
+def quantile(values, q):
+    """The q-quantile (0..1) of a list, nearest rank; NaN when empty."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
+def errors(report):
+    return sum(v for k, v in (report.get("statusCodeDistribution") or {}).items() if k != "OK")
