@@ -204,3 +204,33 @@ def quantile(values, q):
 
 def errors(report):
     return sum(v for k, v in (report.get("statusCodeDistribution") or {}).items() if k != "OK")
+
+
+def detail_time(detail):
+    """A report detail's send time as seconds since the epoch."""
+    import calendar
+
+    stamp = detail["timestamp"].rstrip("Z")
+    whole, _, fraction = stamp.partition(".")
+    seconds = calendar.timegm(time.strptime(whole, "%Y-%m-%dT%H:%M:%S"))
+    return seconds + (float("0." + fraction) if fraction else 0.0)
+
+
+def run_together(*runs):
+    """Starts every (config, args...) ferroload run at once, waits for all,
+    and returns their reports (with details) in order."""
+    procs = [ferroload(config, *args, details=True, background=True) for config, *args in runs]
+    reports = []
+    for proc in procs:
+        if proc.wait() != 0:
+            raise SystemExit(f"ferroload failed: {proc.args}")
+        reports.append(read_report(proc.report_path))
+    return reports
+
+
+def by_status(report):
+    """{status: [latency in ms, ...]} from a report's details."""
+    out = {}
+    for d in report["details"]:
+        out.setdefault(d["status"], []).append(d["latency"] / 1e6)
+    return out

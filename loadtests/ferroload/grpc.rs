@@ -1,7 +1,7 @@
 //! gRPC transport: tonic channels (one HTTP/2 connection each, TCP_NODELAY), unary ModelInfer
 //! callers, and ModelStreamInfer streams for the closed and the open loop.
 
-use crate::driver::{Call, Outcome, Recorder, Run, run_open};
+use crate::driver::{Call, Outcome, Recorder, Run, run_open, with_sources};
 use crate::schedule::{Schedule, Tick};
 use anyhow::{Context, Result};
 use ferroserve::pb;
@@ -96,7 +96,8 @@ pub fn code_name(code: Code) -> &'static str {
 /// A failed call, worded as grpc-go (and so ghz) words it.
 fn failure(status: &Status) -> Outcome {
     let name = code_name(status.code());
-    Outcome::failed(name, format!("rpc error: code = {name} desc = {}", status.message()))
+    let cause = std::error::Error::source(status).map(|e| format!(" ({})", with_sources(e))).unwrap_or_default();
+    Outcome::failed(name, format!("rpc error: code = {name} desc = {}{cause}", status.message()))
 }
 
 fn deadline_exceeded() -> Outcome {

@@ -1,7 +1,7 @@
 //! HTTP transport: a ModelInferRequest as a KServe V2 JSON body (typed contents as `data`, raw
 //! contents with Triton's binary-tensor extension), POSTed with hyper's pooled HTTP/1.1 client.
 
-use crate::driver::{Call, Outcome};
+use crate::driver::{Call, Outcome, with_sources};
 use anyhow::{Result, anyhow, bail};
 use bytes::Bytes;
 use ferroserve::pb;
@@ -254,9 +254,11 @@ impl HttpCaller {
             Err(e) => return Outcome::failed("Unknown", format!("cannot build the request: {e}")),
         };
         let exchange = async {
-            let response = self.client.request(request).await.map_err(|e| format!("HTTP request failed: {e}"))?;
+            let response =
+                self.client.request(request).await.map_err(|e| format!("HTTP request failed: {}", with_sources(&e)))?;
             let status = response.status();
-            let body = response.into_body().collect().await.map_err(|e| format!("HTTP body failed: {e}"))?;
+            let body =
+                response.into_body().collect().await.map_err(|e| format!("HTTP body failed: {}", with_sources(&e)))?;
             Ok::<_, String>((status, body.to_bytes()))
         };
         match tokio::time::timeout(self.timeout, exchange).await {

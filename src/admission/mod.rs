@@ -1,6 +1,7 @@
 //! Admission before any work is queued: a server-wide cap on requests in
 //! flight, and per model version a circuit breaker (breaker.rs) and an
-//! adaptive concurrency limit (limiter.rs). A request over either is refused at once (RESOURCE_EXHAUSTED
+//! adaptive concurrency limit (limiter.rs). A request over either is
+//! refused at once (RESOURCE_EXHAUSTED
 //! with `grpc-retry-pushback-ms`, HTTP 429 with `Retry-After`) and counted
 //! in `ferroserve_shed_total` by reason.
 
@@ -50,6 +51,8 @@ pub struct VersionAdmission {
 pub struct Permit {
     admission: Arc<VersionAdmission>,
     entered: Instant,
+    /// Requests already inside when this one entered.
+    others: u32,
 }
 
 impl VersionAdmission {
@@ -78,7 +81,7 @@ impl VersionAdmission {
             )));
         }
         self.gauges.set(limit, inside + 1);
-        Ok(Permit { admission: self.clone(), entered: Instant::now() })
+        Ok(Permit { admission: self.clone(), entered: Instant::now(), others: inside })
     }
 }
 
@@ -88,7 +91,7 @@ impl Permit {
     pub fn finish(self, ran: bool) {
         if ran {
             let mut limiter = self.admission.limiter.lock();
-            limiter.record(self.entered.elapsed());
+            limiter.record(self.entered.elapsed(), self.others);
         }
     }
 }

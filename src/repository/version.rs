@@ -61,11 +61,15 @@ fn breaker_config(config: &pb::ModelConfig) -> BreakerConfig {
 
 /// The adaptive limit's bounds: defaults, overridden by
 /// `adaptive_concurrency_min` / `_max`; None when the limit is off (the
-/// `adaptive_concurrency` parameter, else the server's default).
+/// `adaptive_concurrency` parameter, else the server's default). The default
+/// floor is two full batches per instance (one running, one forming), so
+/// the limit never starves batching or leaves an instance idle.
 fn limit_config(config: &pb::ModelConfig, server_default: bool) -> Option<LimitConfig> {
     let on = config::parameter(config, "adaptive_concurrency").map_or(server_default, |v| v != 0);
     let defaults = LimitConfig::default();
-    let min = config::parameter(config, "adaptive_concurrency_min").map_or(defaults.min, |n| n.max(1) as u32);
+    let full_batches = (2 * config::instance_count(config) * config.max_batch_size.max(1) as usize) as u32;
+    let min = config::parameter(config, "adaptive_concurrency_min")
+        .map_or(defaults.min.max(full_batches), |n| n.max(1) as u32);
     let max = config::parameter(config, "adaptive_concurrency_max").map_or(defaults.max, |n| n as u32).max(min);
     on.then_some(LimitConfig { initial: defaults.initial.clamp(min, max), min, max })
 }

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Failing-model scenario: a model that starts failing opens its circuit
+breaker, its neighbour serves on unaffected, and the breaker closes once the
+fault clears.
+
+    python3 loadtests/scenarios/breaker.py [--seconds 8] [--rps 1000] [--failing-rps 200]
+
+(loadtests/scenarios.sh breaker builds first.) The server holds the shipped
+`mlp` (the neighbour) and the test model `failing` (its run fails inside ONNX
+Runtime when its `fail` input is non-zero) with the documented breaker
+defaults. Both get steady open-loop load through three phases:
+
+  1. healthy: `failing` gets fail = 0;
+  2. fault: `failing` gets fail = 1: a few INTERNAL answers, then the breaker
+     opens and refuses UNAVAILABLE at once (half-open probes fail, it reopens);
+  3. cleared: fail = 0 again: after the open wait, probes succeed and it closes.
+
+Prints how fast the open breaker refuses (goal < 1 ms p99), the neighbour's
+p99 in each phase (goal: changes by < 20%), when the breaker opened and closed,
+and the breaker's metrics. Exits non-zero if the breaker does not open, does
+not close after the fault clears, the neighbour loses a request, or the server
+dies. Loopback only; every phase is bounded.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import harness  # noqa: E402
+
+
+def failing_request(fail):
+    return {"model_name": "failing", "inputs": [
+        {"name": "x", "datatype": "FP32", "shape": [1, 4], "contents": {"fp32_contents": [1, 2, 3, 4]}},
+        {"name": "fail", "datatype": "INT64", "shape": [1, 1], "contents": {"int64_contents": [fail]}},
+    ]}
+
+
+def phase(server, work, fail, args):
+    mlp = harness.ghz_config("mlp", server.grpc, work)
+    failing = harness.ghz_config("mlp", server.grpc, work, data=failing_request(fail))
+    seconds = f"{args.seconds}s"
+    neighbour, target = harness.run_together(
+        (mlp, "-r", str(args.rps), "-c", "256", "-z", seconds, "-t", "5s"),
+        (failing, "-r", str(args.failing_rps), "-c", "256", "-z", seconds, "-t", "5s"))
+    n = harness.by_status(neighbour)
+    t = harness.by_status(target)
+    ok_times = sorted(harness.detail_time(d) for d in target["details"] if d["status"] == "OK")
+    start = min(harness.detail_time(d) for d in target["details"])
+    return {
+        "neighbour_ok": len(n.get("OK", [])), "neighbour_other": {k: len(v) for k, v in n.items() if k != "OK"},
+        "neighbour_p50_ms": harness.quantile(n.get("OK", []), 0.5),
+        "neighbour_p99_ms": harness.quantile(n.get("OK", []), 0.99),
+        "failing": {k: len(v) for k, v in t.items()},
+        "unavailable_p50_ms": harness.quantile(t.get("Unavailable", []), 0.5),
+        "unavailable_p99_ms": harness.quantile(t.get("Unavailable", []), 0.99),
+        "internal_p50_ms": harness.quantile(t.get("Internal", []), 0.5),
+        "first_ok_after_s": (ok_times[0] - start) if ok_times else None,
+        "breaker_state": server.metric("ferroserve_breaker_state", model="failing"),
+        "errors_sample": sorted(target.get("errorDistribution", {}).items())[:2],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=8, help="length of each phase (> the 5 s open wait)")
+    parser.add_argument("--rps", type=int, default=1000, help="open-loop rate on the neighbour (mlp)")
+    parser.add_argument("--failing-rps", type=int, default=200, help="open-loop rate on the failing model")
+    parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/breaker.json"))
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="ferroserve-breaker-")
+    repo = os.path.join(work, "models")
+    os.makedirs(repo)
+    harness.copy_model(os.path.join(harness.ROOT, "models/mlp"), repo, "mlp")
+    harness.copy_model(os.path.join(harness.ROOT, "tests/models/failing"), repo, "failing")
+    with harness.Server(repo, log=os.path.join(work, "server.log")) as server:
+        warm = harness.ghz_config("mlp", server.grpc, work)
+        harness.ferroload(warm, "-c", "2", "-z", "1s")  # warm-up, unrecorded
+        phases = {}
+        for name, fail in (("healthy", 0), ("fault", 1), ("cleared", 0)):
+            phases[name] = phase(server, work, fail, args)
+        transitions = {to: server.metric("ferroserve_breaker_transitions_total", model="failing", to=to)
+                       for to in ("open", "half_open", "closed")}
+        alive = server.alive() and server.http_status("/v2/health/ready") == 200
+
+    healthy, fault, cleared = phases["healthy"], phases["fault"], phases["cleared"]
+    for name, ph in phases.items():
+        change = ph["neighbour_p99_ms"] / healthy["neighbour_p99_ms"] - 1
+        print(f"{name:8} neighbour mlp: {ph['neighbour_ok']} ok, p50 {ph['neighbour_p50_ms']:.3f} ms, "
+              f"p99 {ph['neighbour_p99_ms']:.3f} ms ({change:+.0%} vs healthy), other {ph['neighbour_other']}")
+        print(f"{'':8} failing: {ph['failing']}, breaker state at the end {ph['breaker_state']:g} "
+              f"(0 closed, 1 open, 2 half-open)")
+    fault_change = fault["neighbour_p99_ms"] / healthy["neighbour_p99_ms"] - 1
+    print(f"\nopen breaker refuses UNAVAILABLE in p50 {fault['unavailable_p50_ms']:.3f} ms, "
+          f"p99 {fault['unavailable_p99_ms']:.3f} ms (model failures took p50 {fault['internal_p50_ms']:.3f} ms)"
+          f"      goal p99 < 1 ms: {'met' if fault['unavailable_p99_ms'] < 1 else 'MISSED'}")
+    print(f"neighbour p99 while the breaker is open: {fault_change:+.0%} vs healthy"
+          f"      goal change < 20%: {'met' if abs(fault_change) < 0.2 else 'MISSED'}")
+    print(f"after the fault cleared, the first OK came {cleared['first_ok_after_s']}s in "
+          f"(the open wait is 5 s); transitions {transitions}")
+    checks = {
+        "breaker opened": fault["failing"].get("Unavailable", 0) > 0 and transitions["open"] >= 1,
+        "breaker closed after the fault cleared": cleared["breaker_state"] == 0 and transitions["closed"] >= 1,
+        "healthy phase all OK": set(healthy["failing"]) == {"OK"},
+        "neighbour lost nothing": not any(ph["neighbour_other"] for ph in phases.values()),
+        "server alive and ready": alive,
+    }
+    for what, held in checks.items():
+        print(f"  {'ok  ' if held else 'FAIL'} {what}")
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump({"phases": phases, "transitions": transitions, "checks": checks}, f, indent=1)
+    print(f"written {args.out}")
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
