@@ -640,6 +640,14 @@ async fn bad_requests_are_refused_with_precise_messages() {
             &["unknown output 'probs'"],
         ),
         case(
+            "output requested twice (found by the garbage scenario: was a 500)",
+            MLP,
+            json!({ "inputs": mlp_input("FP32", json!([1, 16]), row())["inputs"],
+                    "outputs": [{ "name": "probabilities" }, { "name": "probabilities" }] }),
+            400,
+            &["output 'probabilities' is requested more than once"],
+        ),
+        case(
             "batch dimension on a non-batching model",
             "/v2/models/nobatch/infer",
             json!({ "inputs": [{ "name": "x", "datatype": "FP32", "shape": [1, 2, 3], "data": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0] }] }),

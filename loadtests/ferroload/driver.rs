@@ -137,6 +137,22 @@ pub async fn run_open_cloned<C: Call + Clone>(caller: C, schedule: Schedule, max
     .await
 }
 
+/// An error and its chain of causes, "outer: inner: innermost" (transport
+/// errors hide whether a request was ever sent in their causes).
+pub fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,20 +213,4 @@ mod tests {
         let timed = timed.await;
         assert!(!timed.samples.is_empty() && timed.total < Duration::from_secs(1));
     }
-}
-
-/// An error and its chain of causes, "outer: inner: innermost" (transport
-/// errors hide whether a request was ever sent in their causes).
-pub fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

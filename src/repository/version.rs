@@ -311,13 +311,16 @@ impl ModelVersion {
                 }
             }
         }
-        for name in &request.outputs {
+        for (i, name) in request.outputs.iter().enumerate() {
             if !self.io.outputs.iter().any(|s| &s.name == name) {
                 return Err(Error::invalid(format!(
                     "unknown output '{name}' requested from model '{}' (outputs: {})",
                     self.name,
                     spec_names(&self.io.outputs)
                 )));
+            }
+            if request.outputs[..i].contains(name) {
+                return Err(Error::invalid(format!("output '{name}' is requested more than once")));
             }
         }
         Ok(Prepared { inputs, rows: batch.unwrap_or(1) as usize, group: group.finish() })
@@ -348,11 +351,7 @@ impl ModelVersion {
                 .iter()
                 .position(|t| t.name == spec.name)
                 .ok_or_else(|| Error::internal(format!("the model did not produce output '{}'", spec.name)))?;
-            let mut tensor = if outputs.iter().any(|t: &Tensor| t.name == spec.name) {
-                produced[index].clone()
-            } else {
-                produced.swap_remove(index)
-            };
+            let mut tensor = produced.swap_remove(index);
             if spec.graph_dims != expected_shape(spec, batching) && spec.dims.iter().all(|&d| d >= 0) {
                 let mut shape = Vec::with_capacity(spec.dims.len() + 1);
                 if batching {
