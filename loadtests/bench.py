@@ -26,11 +26,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVER = os.path.join(ROOT, "target/release/ferroserve")
-LOADGEN = os.path.join(ROOT, "target/release/ferroload")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import LOADGEN, ROOT, Server, ghz_config, percentile  # noqa: E402
+
 PERF = os.path.join(ROOT, ".deps/perf_analyzer/perf_analyzer")
 CONCURRENCY = [1, 4, 16, 64]
 
@@ -69,60 +68,8 @@ def make_repository(models):
     return repo
 
 
-class Server:
-    def __init__(self, repo):
-        self.proc = subprocess.Popen(
-            [SERVER, "--model-repository", repo, "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
-             "--grpc-address", "127.0.0.1", "--http-address", "127.0.0.1", "--metrics-address", "127.0.0.1"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            env={**os.environ, "RUST_LOG": "warn"})
-        line = self.proc.stdout.readline()
-        fields = dict(w.split("=", 1) for w in line.split() if "=" in w)
-        self.grpc, self.http = fields["grpc"], fields["http"]
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"http://{self.http}/v2/health/ready", timeout=2).status == 200:
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("ferroserve did not become ready")
-
-    def stats(self, model):
-        with urllib.request.urlopen(f"http://{self.http}/v2/models/{model}/stats", timeout=5) as r:
-            s = json.load(r)["model_stats"][0]
-        return s["inference_count"], s["execution_count"]
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
-def ghz_config(model, target, out):
-    """loadtests/ghz/<base>.json with the model name swapped (for variants)."""
-    base = model.split("_")[0]
-    with open(os.path.join(ROOT, "loadtests/ghz", f"{base}.json")) as f:
-        config = json.load(f)
-    config["data"]["model_name"] = model
-    config["host"] = target
-    path = os.path.join(out, f"ghz-{model}.json")
-    with open(path, "w") as f:
-        json.dump(config, f)
-    return path
-
-
-def percentile(report, p):
-    for entry in report.get("latencyDistribution") or []:
-        if entry["percentage"] == p:
-            return entry["latency"] / 1e3  # ns -> us
-    return float("nan")
-
-
 def load(server, model, concurrency, seconds, out):
-    config = ghz_config(model, server.grpc, out)
+    config = ghz_config(model.split("_")[0], server.grpc, out, model=model)
     # One unrecorded second first: connections, threads and arenas warm up.
     subprocess.run([LOADGEN, "--config", config, "--concurrency", str(concurrency), "--duration", "1s",
                     "--no-details", "--output", os.devnull], check=True, cwd=ROOT)
@@ -178,9 +125,8 @@ def main():
 
     floor = inprocess(models, min(args.seconds, 3))
     repo = make_repository(models)
-    server = Server(repo)
     rows = []
-    try:
+    with Server(repo) as server:
         for model in models:
             for c in CONCURRENCY:
                 rows.append(load(server, model, c, args.seconds, args.out))
@@ -195,9 +141,7 @@ def main():
                 row = perf_analyzer(server, model, c, args.out)
                 if row:
                     rows.append(row)
-    finally:
-        server.stop()
-        shutil.rmtree(repo, ignore_errors=True)
+    shutil.rmtree(repo, ignore_errors=True)
 
     print(f"\nmachine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; figures are medians of one run\n")
     print("in-process ONNX Runtime (no server):")

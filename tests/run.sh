@@ -2,7 +2,8 @@
 # The whole test suite, runnable on a fresh machine: fetches what it needs
 # (ONNX Runtime, a Python venv with tritonclient, perf_analyzer), then runs
 # formatting and lint checks, the Rust unit and integration tests, and the
-# compatibility suite driven by tritonclient and perf_analyzer.
+# compatibility suite driven by tritonclient and perf_analyzer, and a bounded
+# garbage-input run against a live server.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 deploy/setup.sh test
@@ -10,3 +11,7 @@ cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings
 cargo test --locked
 FERROSERVE_BIN=target/debug/ferroserve .deps/venv/bin/python -m pytest tests/python -q -rs
+# A bounded garbage run against a live server (loadtests/scenarios/garbage.py):
+# malformed protobuf, JSON, binary tensors, headers and raw bytes on both
+# fronts, checking no crash, no hang, no 500 and every valid request answered.
+.deps/venv/bin/python loadtests/scenarios/garbage.py --binary target/debug/ferroserve --seconds 10
