@@ -6,6 +6,7 @@ mod json;
 
 pub use codec::decode as decode_body;
 
+use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
 use crate::server::State;
@@ -16,7 +17,6 @@ use axum::extract::{Path, State as Shared};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -56,17 +56,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
-    let app = router(state);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    let limits = Limits::from(&state.config);
+    listen::serve(listener, router(state), Protocol::Http, limits, shutdown).await;
 }
 
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shutdown: Shutdown) {
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limits: Limits, shutdown: Shutdown) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -74,10 +68,7 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shut
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
         }),
     );
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    listen::serve(listener, app, Protocol::Http, limits, shutdown).await;
 }
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
