@@ -3,6 +3,7 @@
 
 mod codec;
 mod json;
+mod limits;
 
 pub use codec::decode as decode_body;
 
@@ -20,6 +21,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// The header announcing where the JSON part of a body ends.
@@ -28,6 +30,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 type AppState = Arc<State>;
 
 pub fn router(state: AppState) -> Router {
+    let read_timeout = Duration::from_secs(state.config.request_read_timeout_secs);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -53,6 +56,9 @@ pub fn router(state: AppState) -> Router {
         // request_compression_algorithm) and Accept-Encoding responses.
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(tower_http::compression::CompressionLayer::new())
+        // Outermost, so it watches the body as it comes off the wire: a body
+        // that sends no data for this long fails to read (408).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(read_timeout))
 }
 
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
@@ -176,10 +182,8 @@ async fn version_stats(Shared(state): Shared<AppState>, Path((model, version)): 
 
 /// Reads a whole body within --max-message-bytes.
 async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
-    let limit = state.config.max_message_bytes;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| Error::ResourceExhausted(format!("request body over the {limit}-byte limit or unreadable: {e}")))
+    let read_timeout = Duration::from_secs(state.config.request_read_timeout_secs);
+    limits::read_body(body, state.config.max_message_bytes, read_timeout).await
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
