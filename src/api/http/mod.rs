@@ -21,7 +21,7 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// The header announcing where the JSON part of a body ends.
@@ -187,6 +187,8 @@ async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+    // The client's clock started before it sent the body.
+    let deadline = limits::deadline(&headers, Instant::now())?;
     let body = read_body(&state, body).await?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
@@ -197,7 +199,8 @@ async fn infer(state: AppState, model: String, version: String, headers: HeaderM
                 .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
         ),
     };
-    let (request, encoding) = codec::decode(&model, &version, body, header_length)?;
+    let (mut request, encoding) = codec::decode(&model, &version, body, header_length)?;
+    request.deadline = deadline;
     let response = state.repository.infer(request).await?;
     let encoded = codec::encode(&response, &encoding);
     let mut reply = Response::new(Body::from(encoded.body));
