@@ -91,4 +91,31 @@ pub struct Config {
     /// does not set the `adaptive_concurrency` parameter.
     #[arg(long, env = "FERROSERVE_ADAPTIVE_CONCURRENCY")]
     pub adaptive_concurrency: bool,
+
+    /// Concurrent HTTP/2 streams per connection on the gRPC and HTTP fronts
+    /// (SETTINGS_MAX_CONCURRENT_STREAMS); clients queue the rest.
+    #[arg(long, env = "FERROSERVE_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = 1024, value_parser = positive_u32())]
+    pub http2_max_concurrent_streams: u32,
+
+    /// Largest request head accepted, in bytes: the HTTP/2 header list, and
+    /// the HTTP/1 request line and headers (never below 8 KiB); more is
+    /// refused (HTTP/1: 431) so one client cannot make the server buffer
+    /// headers without bound.
+    #[arg(long, env = "FERROSERVE_MAX_HEADER_BYTES", default_value_t = 64 * 1024, value_parser = positive_u32())]
+    pub max_header_bytes: u32,
+
+    /// Seconds a client may take to send its request head (HTTP/1; also how
+    /// long a keep-alive connection may idle, and how soon a new connection
+    /// must send its first bytes) or leave its request body without data
+    /// (HTTP: 408), so stalled clients cannot hold connections for ever.
+    #[arg(long, env = "FERROSERVE_REQUEST_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = positive_u64())]
+    pub request_read_timeout_secs: u64,
+}
+
+fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {
+    clap::value_parser!(u32).range(1..)
+}
+
+fn positive_u64() -> clap::builder::RangedU64ValueParser<u64> {
+    clap::value_parser!(u64).range(1..)
 }

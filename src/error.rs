@@ -20,6 +20,10 @@ pub enum Error {
     /// The request's deadline passed before it could be computed.
     #[error("{0}")]
     DeadlineExceeded(String),
+    /// The client was too slow sending its request: its body stalled past
+    /// --request-read-timeout-secs.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// A size limit was hit (message or body too large).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -54,6 +58,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::Unavailable(_) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::RequestTimeout(_) => "request_timeout",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Overloaded(_) => "overloaded",
             Error::Unimplemented(_) => "unimplemented",

@@ -56,7 +56,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (trigger, stop) = shutdown::channel();
     let grpc_task = tokio::spawn(api::grpc::serve(grpc, state.clone(), stop.clone()));
     let http_task = tokio::spawn(api::http::serve(http, state.clone(), stop.clone()));
-    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, stop.clone()));
+    let limits = api::listen::Limits::from(&config);
+    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, stop.clone()));
 
     load_initial(&repository, &config).await;
     repository.set_ready(true);

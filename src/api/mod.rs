@@ -4,6 +4,7 @@
 pub mod describe;
 pub mod grpc;
 pub mod http;
+pub mod listen;
 mod status;
 
 pub use status::{RETRY_AFTER_SECS, grpc_status, http_status};

@@ -9,6 +9,9 @@ fn codes(error: &Error) -> (StatusCode, tonic::Code) {
         Error::NotFound(_) => (StatusCode::NOT_FOUND, tonic::Code::NotFound),
         Error::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, tonic::Code::Unavailable),
         Error::DeadlineExceeded(_) => (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded),
+        // Only the HTTP front reads bodies itself; gRPC has no 408, and the
+        // nearest code for "took too long" is DEADLINE_EXCEEDED.
+        Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, tonic::Code::DeadlineExceeded),
         Error::ResourceExhausted(_) => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
         Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
         Error::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
@@ -46,6 +49,7 @@ mod tests {
             (Error::not_found("x"), 404, tonic::Code::NotFound),
             (Error::Unavailable("x".into()), 503, tonic::Code::Unavailable),
             (Error::DeadlineExceeded("x".into()), 504, tonic::Code::DeadlineExceeded),
+            (Error::RequestTimeout("x".into()), 408, tonic::Code::DeadlineExceeded),
             (Error::ResourceExhausted("x".into()), 413, tonic::Code::ResourceExhausted),
             (Error::Overloaded("x".into()), 429, tonic::Code::ResourceExhausted),
             (Error::internal("x"), 500, tonic::Code::Internal),

@@ -6,14 +6,15 @@ mod contents;
 mod health;
 mod service;
 
+use crate::api::listen::{self, Limits, Protocol};
 use crate::pb;
 use crate::server::State;
 use crate::shutdown::Shutdown;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio_stream::StreamExt;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
+use tower::Layer;
+use tower::util::MapResponseLayer;
 
 pub use health::HealthService;
 pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
@@ -36,19 +37,17 @@ fn oversized_is_resource_exhausted<B>(
     response
 }
 
-/// Per-stream and per-connection HTTP/2 receive windows.
-const STREAM_WINDOW: u32 = 1 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
-
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
-/// Serves until `shutdown` fires, then stops accepting and lets in-flight
-/// calls finish.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
+/// Every gRPC service, routed by path. Served by api/listen.rs rather than
+/// tonic::transport::Server, whose timeout layer answers an expired
+/// `grpc-timeout` CANCELLED: the deadline is ours to enforce
+/// (service.rs `grpc_deadline`), answered DEADLINE_EXCEEDED.
+fn routes(state: Arc<State>) -> tonic::service::Routes {
     let limit = state.config.max_message_bytes;
     let inference =
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
@@ -62,25 +61,17 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown)
     let reflection_v1 = reflection().build_v1().expect("the embedded descriptor sets are valid; this is a bug");
     let reflection_v1alpha =
         reflection().build_v1alpha().expect("the embedded descriptor sets are valid; this is a bug");
-    // Server::tcp_nodelay only applies to listeners tonic binds itself.
-    let incoming = TcpListenerStream::new(listener).map(|accepted| {
-        accepted.inspect(|stream| {
-            let _ = stream.set_nodelay(true);
-        })
-    });
-    let result = tonic::transport::Server::builder()
-        .layer(tower::util::MapResponseLayer::new(oversized_is_resource_exhausted))
-        // HTTP/2 flow-control windows: the default 64 KiB stalls a connection
-        // that carries many requests of a few KiB at once.
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .add_service(inference)
+    tonic::service::Routes::new(inference)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, shutdown.wait())
-        .await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "gRPC server failed");
-    }
+        .prepare()
+}
+
+/// Serves until `shutdown` fires, then stops accepting and lets in-flight
+/// calls finish.
+pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
+    let limits = Limits::from(&state.config);
+    let service = MapResponseLayer::new(oversized_is_resource_exhausted).layer(routes(state));
+    listen::serve(listener, service, Protocol::Http2, limits, shutdown).await;
 }

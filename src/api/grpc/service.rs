@@ -120,9 +120,9 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
 }
 
 /// The deadline a `grpc-timeout` header sets ("<digits><unit>", unit one of
-/// H M S m u n). tonic's server enforces the same header by cancelling the
-/// call (CANCELLED); the deadline sits a little earlier so the client hears
-/// DEADLINE_EXCEEDED from us instead.
+/// H M S m u n): now plus the timeout. Nothing else enforces the header (the
+/// front has no transport timeout layer, see api/grpc/mod.rs), so when it
+/// passes the client hears DEADLINE_EXCEEDED from the repository.
 fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
@@ -136,8 +136,7 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
         "n" => Duration::from_nanos(amount),
         _ => return None,
     };
-    let margin = (timeout / 10).min(Duration::from_millis(5));
-    Instant::now().checked_add(timeout - margin)
+    Instant::now().checked_add(timeout)
 }
 
 /// Requests of one ModelStreamInfer stream that may be in flight at once.

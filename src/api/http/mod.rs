@@ -3,9 +3,11 @@
 
 mod codec;
 mod json;
+mod limits;
 
 pub use codec::decode as decode_body;
 
+use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
 use crate::server::State;
@@ -16,10 +18,10 @@ use axum::extract::{Path, State as Shared};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// The header announcing where the JSON part of a body ends.
@@ -28,6 +30,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 type AppState = Arc<State>;
 
 pub fn router(state: AppState) -> Router {
+    let read_timeout = Duration::from_secs(state.config.request_read_timeout_secs);
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -53,20 +56,17 @@ pub fn router(state: AppState) -> Router {
         // request_compression_algorithm) and Accept-Encoding responses.
         .layer(tower_http::decompression::RequestDecompressionLayer::new())
         .layer(tower_http::compression::CompressionLayer::new())
+        // Outermost, so it watches the body as it comes off the wire: a body
+        // that sends no data for this long fails to read (408).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(read_timeout))
 }
 
 pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
-    let app = router(state);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "HTTP server failed");
-    }
+    let limits = Limits::from(&state.config);
+    listen::serve(listener, router(state), Protocol::Http, limits, shutdown).await;
 }
 
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shutdown: Shutdown) {
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limits: Limits, shutdown: Shutdown) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -74,10 +74,7 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, shut
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
         }),
     );
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.wait()).await;
-    if let Err(e) = result {
-        tracing::error!(error = %e, "metrics server failed");
-    }
+    listen::serve(listener, app, Protocol::Http, limits, shutdown).await;
 }
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
@@ -185,13 +182,13 @@ async fn version_stats(Shared(state): Shared<AppState>, Path((model, version)): 
 
 /// Reads a whole body within --max-message-bytes.
 async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
-    let limit = state.config.max_message_bytes;
-    axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| Error::ResourceExhausted(format!("request body over the {limit}-byte limit or unreadable: {e}")))
+    let read_timeout = Duration::from_secs(state.config.request_read_timeout_secs);
+    limits::read_body(body, state.config.max_message_bytes, read_timeout).await
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
+    // The client's clock started before it sent the body.
+    let deadline = limits::deadline(&headers, Instant::now())?;
     let body = read_body(&state, body).await?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
@@ -202,7 +199,8 @@ async fn infer(state: AppState, model: String, version: String, headers: HeaderM
                 .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
         ),
     };
-    let (request, encoding) = codec::decode(&model, &version, body, header_length)?;
+    let (mut request, encoding) = codec::decode(&model, &version, body, header_length)?;
+    request.deadline = deadline;
     let response = state.repository.infer(request).await?;
     let encoded = codec::encode(&response, &encoding);
     let mut reply = Response::new(Body::from(encoded.body));
