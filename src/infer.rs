@@ -50,9 +50,10 @@ impl Default for RequestLimits {
 }
 
 impl RequestLimits {
-    /// Refuses a request over a limit with RESOURCE_EXHAUSTED (HTTP 413),
-    /// naming the limit and its flag.
-    pub fn check(&self, request: &InferRequest) -> Result<()> {
+    /// Refuses a request with too many inputs or requested outputs with
+    /// RESOURCE_EXHAUSTED (HTTP 413), naming the flag. Checked first: it
+    /// bounds the work of validating the rest.
+    pub fn check_counts(&self, request: &InferRequest) -> Result<()> {
         for (what, count) in [("inputs", request.inputs.len()), ("requested outputs", request.outputs.len())] {
             if count > self.max_inputs {
                 return Err(Error::ResourceExhausted(format!(
@@ -61,6 +62,13 @@ impl RequestLimits {
                 )));
             }
         }
+        Ok(())
+    }
+
+    /// Refuses an input over `--max-tensor-elements` with RESOURCE_EXHAUSTED
+    /// (HTTP 413). Checked last, so a request the model's contract refuses
+    /// hears that reason instead.
+    pub fn check_elements(&self, request: &InferRequest) -> Result<()> {
         for tensor in &request.inputs {
             // A malformed shape is the decoder's or the model's to name; only size counts here.
             let Ok(elements) = element_count(&tensor.shape) else { continue };
@@ -85,17 +93,23 @@ mod tests {
         InferRequest { inputs: vec![tensor; inputs], ..Default::default() }
     }
 
+    impl RequestLimits {
+        fn check_all(&self, request: &InferRequest) -> Result<()> {
+            self.check_counts(request).and_then(|()| self.check_elements(request))
+        }
+    }
+
     #[test]
     fn limits_refuse_too_many_inputs_or_elements_naming_the_flag() {
         let limits = RequestLimits { max_inputs: 2, max_tensor_elements: 100 };
-        assert!(limits.check(&request(2, vec![10, 10])).is_ok());
-        let e = limits.check(&request(3, vec![1])).unwrap_err();
+        assert!(limits.check_all(&request(2, vec![10, 10])).is_ok());
+        let e = limits.check_all(&request(3, vec![1])).unwrap_err();
         assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("3 inputs") && m.contains("--max-inputs")));
-        let e = limits.check(&request(1, vec![10, 11])).unwrap_err();
+        let e = limits.check_all(&request(1, vec![10, 11])).unwrap_err();
         assert!(matches!(&e, Error::ResourceExhausted(m) if m.contains("--max-tensor-elements")), "{e}");
         // A shape that overflows is left for validation to name precisely.
-        assert!(limits.check(&request(1, vec![1 << 40, 1 << 40])).is_ok());
+        assert!(limits.check_all(&request(1, vec![1 << 40, 1 << 40])).is_ok());
         let outputs = InferRequest { outputs: vec!["y".into(); 3], ..Default::default() };
-        assert!(limits.check(&outputs).is_err());
+        assert!(limits.check_all(&outputs).is_err());
     }
 }

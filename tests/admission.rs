@@ -126,7 +126,7 @@ async fn requests_over_the_shape_limits_are_refused_naming_the_flag() {
     let over = client.model_infer(mlp_request(3)).await;
     expect_error(over, Code::ResourceExhausted, &["'input'", "--max-tensor-elements"]);
     let mut many = mlp_request(1);
-    many.outputs = outputs(&["output", "output", "output"]);
+    many.outputs = outputs(&["probabilities", "probabilities", "probabilities"]);
     expect_error(client.model_infer(many).await, Code::ResourceExhausted, &["3 requested outputs", "--max-inputs"]);
     let body = serde_json::json!({ "inputs": [{ "name": "input", "shape": [4, 16], "datatype": "FP32", "data": vec![0.5f32; 64] }] });
     let http = reqwest::Client::new().post(server.http_url("/v2/models/mlp/infer")).json(&body).send().await.unwrap();

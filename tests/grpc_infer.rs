@@ -680,3 +680,45 @@ async fn oversized_messages_are_resource_exhausted() {
     expect_error(client.model_infer(mlp_request(32)).await, Code::ResourceExhausted, &["too large"]);
     check_mlp_response(&client.model_infer(mlp_request(1)).await.unwrap().into_inner(), 1);
 }
+
+// ---------------------------------------------------------------- undecodable bytes
+
+/// Posts one gRPC frame of `payload` to `method` of the inference service
+/// and returns the grpc-status and grpc-message the server answers with.
+async fn raw_grpc_call(server: &Server, method: &str, payload: &[u8]) -> (Code, String) {
+    use http_body_util::BodyExt;
+    let client =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).http2_only(true).build_http();
+    let mut frame = vec![0u8];
+    frame.extend((payload.len() as u32).to_be_bytes());
+    frame.extend(payload);
+    let request = hyper::Request::post(format!("http://{}/inference.GRPCInferenceService/{method}", server.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(http_body_util::Full::new(bytes::Bytes::from(frame)))
+        .unwrap();
+    let response = client.request(request).await.expect("the gRPC port answers");
+    let mut headers = response.headers().clone();
+    if !headers.contains_key("grpc-status") {
+        let collected = response.into_body().collect().await.expect("reading the answer");
+        headers = collected.trailers().cloned().expect("a gRPC answer ends with trailers");
+    }
+    let code = headers["grpc-status"].to_str().unwrap().parse::<i32>().unwrap();
+    let message = headers.get("grpc-message").map_or(String::new(), |m| m.to_str().unwrap().replace("%20", " "));
+    (Code::from(code), message)
+}
+
+#[tokio::test]
+async fn bytes_that_are_not_a_protobuf_message_are_invalid_argument_not_internal() {
+    let server = Server::start(&shipped_models(), &[]);
+    // Field 1 (model_name), length-delimited, claiming more bytes than follow.
+    let garbage = [0x0a, 0xff, 0xff, 0xff, 0x0f, 0x61];
+    for method in ["ModelInfer", "ModelStreamInfer"] {
+        let (code, message) = raw_grpc_call(&server, method, &garbage).await;
+        assert_eq!(code, Code::InvalidArgument, "{method}: {message}");
+        assert!(message.contains("decode"), "{method}: {message}");
+    }
+    // The server goes on serving.
+    let mut client = server.grpc_client().await;
+    check_mlp_response(&client.model_infer(mlp_request(1)).await.unwrap().into_inner(), 1);
+}

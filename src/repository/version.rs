@@ -250,7 +250,7 @@ impl ModelVersion {
     /// tensors in the model's input order, shaped for the graph, with the
     /// key that decides which requests may share a batch.
     fn prepare(&self, request: &InferRequest) -> Result<Prepared> {
-        self.limits.check(request)?;
+        self.limits.check_counts(request)?;
         let batching = self.io.max_batch_size > 0;
         let mut batch: Option<i64> = None;
         let mut by_position: Vec<Option<&Tensor>> = vec![None; self.io.inputs.len()];
@@ -323,6 +323,7 @@ impl ModelVersion {
                 return Err(Error::invalid(format!("output '{name}' is requested more than once")));
             }
         }
+        self.limits.check_elements(request)?;
         Ok(Prepared { inputs, rows: batch.unwrap_or(1) as usize, group: group.finish() })
     }
 

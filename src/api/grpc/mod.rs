@@ -19,20 +19,32 @@ use tower::util::MapResponseLayer;
 pub use health::HealthService;
 pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
 
-/// tonic refuses a message over the decoding limit with OUT_OF_RANGE; the
-/// protocol's answer for "too large" is RESOURCE_EXHAUSTED. The refusal is a
-/// trailers-only response, so its status sits in the headers.
-fn oversized_is_resource_exhausted<B>(
+/// tonic's own answers to a message it cannot take, and the protocol's code
+/// for each: a message over the decoding limit is OUT_OF_RANGE in tonic and
+/// RESOURCE_EXHAUSTED here; bytes that are not a valid protobuf message are
+/// INTERNAL in tonic, but the fault is the client's: INVALID_ARGUMENT.
+const CODEC_REFUSALS: &[(tonic::Code, &str, tonic::Code)] = &[
+    (tonic::Code::OutOfRange, "message length too large", tonic::Code::ResourceExhausted),
+    (tonic::Code::Internal, "failed to decode Protobuf message", tonic::Code::InvalidArgument),
+];
+
+/// The code a client should hear for a status tonic's codec produced.
+pub(crate) fn codec_refusal_code(code: tonic::Code, message: &str) -> Option<tonic::Code> {
+    CODEC_REFUSALS.iter().find(|(from, text, _)| *from == code && message.contains(text)).map(|&(_, _, to)| to)
+}
+
+/// Applies `codec_refusal_code` to a unary refusal: it is a trailers-only
+/// response, so its status sits in the headers (message percent-encoded).
+fn codec_refusals_as_protocol_codes<B>(
     mut response: tonic::codegen::http::Response<B>,
 ) -> tonic::codegen::http::Response<B> {
     let headers = response.headers_mut();
-    let out_of_range = headers.get("grpc-status").is_some_and(|s| s == "11");
-    let too_large = headers
-        .get("grpc-message")
-        .and_then(|m| m.to_str().ok())
-        .is_some_and(|m| m.contains("message%20length%20too%20large") || m.contains("message length too large"));
-    if out_of_range && too_large {
-        headers.insert("grpc-status", tonic::codegen::http::HeaderValue::from_static("8"));
+    let code = headers.get("grpc-status").and_then(|s| s.to_str().ok()?.parse::<i32>().ok()).map(tonic::Code::from);
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).map(|m| m.replace("%20", " "));
+    if let (Some(code), Some(message)) = (code, message)
+        && let Some(to) = codec_refusal_code(code, &message)
+    {
+        headers.insert("grpc-status", tonic::codegen::http::HeaderValue::from(to as i32));
     }
     response
 }
@@ -72,6 +84,6 @@ fn routes(state: Arc<State>) -> tonic::service::Routes {
 /// calls finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
     let limits = Limits::from(&state.config);
-    let service = MapResponseLayer::new(oversized_is_resource_exhausted).layer(routes(state));
+    let service = MapResponseLayer::new(codec_refusals_as_protocol_codes).layer(routes(state));
     listen::serve(listener, service, Protocol::Http2, limits, shutdown).await;
 }

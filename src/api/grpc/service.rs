@@ -218,6 +218,10 @@ impl GrpcInferenceService for Inference {
                     message = incoming.next(), if incoming_open && pending.len() < STREAM_IN_FLIGHT => match message {
                         Some(Ok(message)) => pending.push_back(stream_answer(repository.clone(), message, deadline)),
                         Some(Err(status)) => {
+                            let status = match super::codec_refusal_code(status.code(), status.message()) {
+                                Some(code) => Status::new(code, status.message()),
+                                None => status,
+                            };
                             let _ = tx.send(Err(status)).await;
                             return;
                         }
