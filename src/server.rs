@@ -10,7 +10,7 @@ use crate::shutdown;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 
 /// Everything the fronts share.
@@ -53,11 +53,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics_listener.local_addr()?
     );
 
-    let (trigger, stop) = shutdown::channel();
-    let grpc_task = tokio::spawn(api::grpc::serve(grpc, state.clone(), stop.clone()));
-    let http_task = tokio::spawn(api::http::serve(http, state.clone(), stop.clone()));
+    let (stop_accepting, accept_until) = shutdown::channel();
+    let (close_connections, serve_until) = shutdown::channel();
+    let phases = shutdown::Phases { accept_until, serve_until };
+    let grpc_task = tokio::spawn(api::grpc::serve(grpc, state.clone(), phases.clone()));
+    let http_task = tokio::spawn(api::http::serve(http, state.clone(), phases.clone()));
     let limits = api::listen::Limits::from(&config);
-    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, stop.clone()));
+    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, phases));
 
     load_initial(&repository, &config).await;
     repository.set_ready(true);
@@ -66,25 +68,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let signal = shutdown::signal().await;
     let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
     tracing::info!(signal, timeout_secs = config.exit_timeout_secs, "shutting down: draining in-flight requests");
-    // 1. Not ready at once; new requests are refused, listeners close.
-    repository.begin_drain();
-    let _ = trigger.send(true);
-    let mut fronts = tokio::spawn(async move {
-        let _ = grpc_task.await;
-        let _ = http_task.await;
-    });
-    // 2. Queued and running requests finish, until shortly before the deadline.
+    let deadline = Instant::now() + exit_timeout;
     let grace = (exit_timeout / 4).min(Duration::from_millis(500));
-    if tokio::time::timeout(exit_timeout - grace, &mut fronts).await.is_err() {
+    // 1. Not ready at once, listeners close (new connections are refused),
+    //    and new inference requests on open connections are answered
+    //    UNAVAILABLE. Open connections stay up: closing them now would race
+    //    with requests already on the wire.
+    repository.begin_drain();
+    let _ = stop_accepting.send(true);
+    // 2. Queued and running requests finish, until shortly before the deadline.
+    if !all_answered(&repository, deadline - grace).await {
         // 3. What is still queued is answered UNAVAILABLE, never dropped
-        //    silently; the fronts get the rest of the time to send it.
+        //    silently.
         let rejected = repository.reject_queued("the server is shutting down");
         tracing::warn!(rejected, "exit timeout reached: queued requests answered UNAVAILABLE");
-        let _ = tokio::time::timeout(grace, fronts).await;
+        all_answered(&repository, deadline - grace / 2).await;
     }
+    // 4. Connections close: HTTP/2 GOAWAY, HTTP/1 after the response in
+    //    progress; the fronts get until the deadline to finish writing.
+    let _ = close_connections.send(true);
+    let fronts = async {
+        let _ = grpc_task.await;
+        let _ = http_task.await;
+    };
+    let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Waits until no inference request is inside the server, or `until`;
+/// returns whether they all were answered.
+async fn all_answered(repository: &Repository, until: Instant) -> bool {
+    while repository.in_flight() > 0 {
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Result<TcpListener> {

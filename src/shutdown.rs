@@ -1,5 +1,7 @@
 //! Shutdown as an input: a signal (SIGTERM/SIGINT) flips a watch that every
-//! front waits on; the drain is bounded by --exit-timeout-secs in server.rs.
+//! front waits on (stop accepting), and a second watch closes the open
+//! connections once the drain is done; server.rs bounds the drain with
+//! --exit-timeout-secs.
 
 use tokio::sync::watch;
 
@@ -20,6 +22,15 @@ impl Shutdown {
     pub async fn wait(mut self) {
         let _ = self.0.wait_for(|&begun| begun).await;
     }
+}
+
+/// What the fronts wait on: when to stop accepting connections (the
+/// signal), and when to close the open ones (once in-flight requests have
+/// been answered).
+#[derive(Clone)]
+pub struct Phases {
+    pub accept_until: Shutdown,
+    pub serve_until: Shutdown,
 }
 
 /// Resolves on the first SIGTERM or SIGINT, naming it.

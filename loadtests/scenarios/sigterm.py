@@ -83,6 +83,7 @@ def main():
         def terminate():
             time.sleep(args.term_after)
             outcome["queued_at_signal"] = harness_queue_depth(server)
+            outcome["signal_at"] = time.time()
             outcome["code"], outcome["exit_s"] = server.terminate(args.exit_timeout + 10)
 
         timer = threading.Thread(target=terminate)
@@ -104,7 +105,9 @@ def main():
             kind = classify(d)
             counts[kind] = counts.get(kind, 0) + 1
             if kind == "lost" and len(lost_examples) < 5:
-                lost_examples.append((name, d["status"], d["error"]))
+                sent = harness.detail_time(d) - outcome.get("signal_at", 0)
+                lost_examples.append((name, f"sent {sent:+.3f} s from the signal, answered after "
+                                      f"{d['latency'] / 1e9:.3f} s", d["status"], d["error"]))
         table[name] = counts
     lost = sum(c.get("lost", 0) for c in table.values())
     print(f"SIGTERM after {args.term_after:g} s of load; work queue depth then {outcome.get('queued_at_signal')}; "

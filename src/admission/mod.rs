@@ -29,6 +29,11 @@ impl ServerCap {
         ServerCap { permits: Arc::new(Semaphore::new(max.max(1))), max: max.max(1) }
     }
 
+    /// Requests inside now (shutdown waits for this to reach zero).
+    pub fn in_flight(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
     /// A permit held until the request is answered, or a refusal.
     pub fn try_enter(&self, model: &str) -> Result<OwnedSemaphorePermit> {
         self.permits.clone().try_acquire_owned().map_err(|_| {

@@ -4,7 +4,7 @@
 //! gracefully (HTTP/2 GOAWAY, HTTP/1 close after the current request).
 
 use crate::config::Config;
-use crate::shutdown::Shutdown;
+use crate::shutdown::Phases;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -89,10 +89,11 @@ fn builder(protocol: Protocol, limits: Limits) -> Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `service` on every connection `listener` accepts until `shutdown`
-/// fires; then closes the listener, asks each open connection to finish
+/// Serves `service` on every connection `listener` accepts until
+/// `phases.accept_until` fires; then closes the listener, keeps serving the
+/// open connections until `phases.serve_until`, asks each to finish
 /// gracefully and returns once all have. server.rs bounds the whole drain.
-pub async fn serve<S, B>(listener: TcpListener, service: S, protocol: Protocol, limits: Limits, shutdown: Shutdown)
+pub async fn serve<S, B>(listener: TcpListener, service: S, protocol: Protocol, limits: Limits, phases: Phases)
 where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -102,7 +103,7 @@ where
 {
     let builder = builder(protocol, limits);
     let graceful = GracefulShutdown::new();
-    let stop = shutdown.wait();
+    let stop = phases.accept_until.wait();
     tokio::pin!(stop);
     loop {
         let stream = tokio::select! {
@@ -130,9 +131,11 @@ where
             }
         });
     }
-    // New connections are refused from here on; open ones finish what they
-    // have (HTTP/2 GOAWAY, HTTP/1 close after the current request).
+    // New connections are refused from here on. Open ones are served until
+    // the drain is done, then finish what they have (HTTP/2 GOAWAY, HTTP/1
+    // close after the current request).
     drop(listener);
+    phases.serve_until.wait().await;
     graceful.shutdown().await;
 }
 

@@ -95,6 +95,15 @@ impl Repository {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// Inference requests admitted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.cap.in_flight()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
     /// Answers every queued request UNAVAILABLE with `reason`; returns how
     /// many there were. Running batches finish.
     pub fn reject_queued(&self, reason: &str) -> usize {

@@ -9,7 +9,7 @@ mod service;
 use crate::api::listen::{self, Limits, Protocol};
 use crate::pb;
 use crate::server::State;
-use crate::shutdown::Shutdown;
+use crate::shutdown::Phases;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
@@ -82,8 +82,8 @@ fn routes(state: Arc<State>) -> tonic::service::Routes {
 
 /// Serves until `shutdown` fires, then stops accepting and lets in-flight
 /// calls finish.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, state: Arc<State>, phases: Phases) {
     let limits = Limits::from(&state.config);
     let service = MapResponseLayer::new(codec_refusals_as_protocol_codes).layer(routes(state));
-    listen::serve(listener, service, Protocol::Http2, limits, shutdown).await;
+    listen::serve(listener, service, Protocol::Http2, limits, phases).await;
 }

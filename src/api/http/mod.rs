@@ -11,7 +11,7 @@ use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
 use crate::server::State;
-use crate::shutdown::Shutdown;
+use crate::shutdown::Phases;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State as Shared};
@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/repository/models/{model}/unload", post(unload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), close_while_draining))
         .with_state(state)
         // Content-Encoding gzip/deflate request bodies (tritonclient's
         // request_compression_algorithm) and Accept-Encoding responses.
@@ -61,12 +62,12 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(read_timeout))
 }
 
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, state: AppState, phases: Phases) {
     let limits = Limits::from(&state.config);
-    listen::serve(listener, router(state), Protocol::Http, limits, shutdown).await;
+    listen::serve(listener, router(state), Protocol::Http, limits, phases).await;
 }
 
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limits: Limits, shutdown: Shutdown) {
+pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limits: Limits, phases: Phases) {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -74,7 +75,23 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limi
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
         }),
     );
-    listen::serve(listener, app, Protocol::Http, limits, shutdown).await;
+    listen::serve(listener, app, Protocol::Http, limits, phases).await;
+}
+
+/// While the server drains, an HTTP/1.1 answer carries `Connection: close`:
+/// the client closes the connection itself after reading it, instead of
+/// racing a request against the server closing an idle connection.
+async fn close_while_draining(
+    Shared(state): Shared<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() <= axum::http::Version::HTTP_11;
+    let mut response = next.run(request).await;
+    if http1 && state.repository.is_draining() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
