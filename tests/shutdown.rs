@@ -1,6 +1,8 @@
 //! Graceful shutdown against the real binary: SIGTERM makes the server
-//! unready and refuse new work, lets admitted requests finish, answers what
-//! is still queued at the deadline UNAVAILABLE, and exits 0 in time.
+//! unready, closes the listeners, answers new work on open connections
+//! UNAVAILABLE (HTTP/1: with Connection: close), lets admitted requests
+//! finish, answers what is still queued at the deadline UNAVAILABLE, and
+//! exits 0 in time.
 
 mod common;
 mod grpc_support;
@@ -92,4 +94,73 @@ async fn sigterm_lets_admitted_requests_finish() {
         let (ok, _) = tokio::time::timeout(Duration::from_secs(30), worker).await.expect("worker ended").unwrap();
         assert!(ok > 0, "a worker never got an answer before shutdown");
     }
+}
+
+/// Writes one HTTP/1.1 request on `stream` and reads the answer's head and
+/// body (Content-Length), leaving the connection as the server leaves it.
+fn http1_exchange(stream: &mut std::net::TcpStream, request: &str) -> String {
+    use std::io::{Read, Write};
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut buf).expect("reading the answer");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .map_or(0, |v| v.parse::<usize>().unwrap());
+            if answer.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        assert!(n > 0, "the connection closed mid-answer: {:?}", String::from_utf8_lossy(&answer));
+    }
+}
+
+#[tokio::test]
+async fn while_draining_open_connections_are_answered_and_told_to_close() {
+    let repo = slow_batching_repository();
+    let server = Server::start(repo.path(), &["--exit-timeout-secs", "3"]);
+    let mut client = server.grpc_client().await;
+    // A queued request keeps the drain going until the deadline.
+    let mut waiting = client.clone();
+    let mut queued = mlp_request(1);
+    queued.model_name = "slow".into();
+    let held = tokio::spawn(async move { waiting.model_infer(queued).await });
+    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let mut kept_alive = std::net::TcpStream::connect(&server.http).unwrap();
+    kept_alive.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let live = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert!(http1_exchange(&mut kept_alive, live).starts_with("HTTP/1.1 200"));
+
+    let http = server.http.clone();
+    let exit = tokio::task::spawn_blocking(move || server.terminate());
+    // New connections are refused soon after the signal...
+    let refused = Instant::now();
+    while std::net::TcpStream::connect(&http).is_ok() {
+        assert!(refused.elapsed() < Duration::from_secs(2), "the HTTP listener still accepts");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...but the open ones are still answered: new work is refused with a
+    // reason, and HTTP/1 is told to close the connection.
+    let body =
+        r#"{"inputs":[{"name":"input","shape":[1,16],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}]}"#;
+    let infer = format!(
+        "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = http1_exchange(&mut kept_alive, &infer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("shutting down"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    let mut refused_call = mlp_request(1);
+    refused_call.model_name = "slow".into();
+    expect_error(client.model_infer(refused_call).await, Code::Unavailable, &["shutting down"]);
+    // At the deadline the queued request is answered, and the server exits 0.
+    expect_error(held.await.unwrap(), Code::Unavailable, &["shutting down"]);
+    let status = tokio::time::timeout(Duration::from_secs(10), exit).await.expect("exited").unwrap();
+    assert!(status.success(), "exit status {status}");
 }
