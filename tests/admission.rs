@@ -113,7 +113,7 @@ async fn the_server_flag_turns_the_adaptive_limit_on_unless_a_model_opts_out() {
     slow_model(repo.path(), "off", &parameter("adaptive_concurrency", "0"));
     let server = Server::start(repo.path(), &["--adaptive-concurrency"]);
     let limit = |model: &str| format!("ferroserve_concurrency_limit{{model=\"{model}\",version=\"1\"}}");
-    assert_eq!(metric(&server, &limit("default")).await, Some(64.0), "the default initial limit");
+    assert_eq!(metric(&server, &limit("default")).await, Some(8.0), "starts at its floor: two batches of 4");
     assert_eq!(metric(&server, &limit("bounded")).await, Some(8.0), "min = max = 8 pins it");
     assert_eq!(metric(&server, &limit("off")).await, None, "opted out: no limit, no gauge");
 }

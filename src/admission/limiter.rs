@@ -14,7 +14,10 @@
 //! - the requests queued beyond what the model can absorb are estimated as
 //!   `queued = limit × (1 − min_rtt / avg_rtt)`;
 //! - `queued < min(ALPHA, limit / 3)` (latency under 1.5× the baseline, or
-//!   under ALPHA requests of queueing): the limit grows by 1;
+//!   under ALPHA requests of queueing) while the limit is in use (the
+//!   request entered with at least limit / 2 − 1 others inside): the limit
+//!   grows by 1. A limit that traffic does not reach does not grow, so a
+//!   burst after a quiet spell meets a limit learnt under load;
 //!   `queued > min(BETA, limit / 2)` (latency over 2× the baseline, or over
 //!   BETA requests queued): it shrinks by 1; in between it holds.
 //!   The absolute bounds are Vegas's and decide for large limits; the
@@ -45,7 +48,7 @@ pub struct LimitConfig {
 
 impl Default for LimitConfig {
     fn default() -> Self {
-        LimitConfig { initial: 64, min: 2, max: 4096 }
+        LimitConfig { initial: 2, min: 2, max: 4096 }
     }
 }
 
@@ -99,7 +102,8 @@ impl Limiter {
         let avg_rtt = self.avg_rtt.map_or(rtt, |avg| avg + (rtt - avg) * SMOOTHING);
         self.avg_rtt = Some(avg_rtt);
         let queued = self.limit * (1.0 - min_rtt.as_secs_f64() / avg_rtt);
-        if queued < ALPHA.min(self.limit / 3.0) {
+        let in_use = f64::from(others) + 1.0 >= self.limit / 2.0;
+        if queued < ALPHA.min(self.limit / 3.0) && in_use {
             self.limit += 1.0;
         } else if queued > BETA.min(self.limit / 2.0) {
             self.limit -= 1.0;
@@ -134,15 +138,27 @@ mod tests {
     fn latency_at_baseline_grows_the_limit_up_to_max() {
         let mut l = Limiter::new(LimitConfig { initial: 10, min: 2, max: 12 });
         for _ in 0..5 {
-            l.record(ms(10), 0);
+            let full = l.limit() - 1;
+            l.record(ms(10), full);
         }
         assert_eq!(l.limit(), 12, "grows by one per sample, capped at max");
     }
 
     #[test]
+    fn a_limit_that_traffic_does_not_reach_does_not_grow() {
+        let mut l = Limiter::new(LimitConfig { initial: 10, min: 2, max: 100 });
+        for _ in 0..100 {
+            l.record(ms(10), 3); // 4 inside of 10 allowed
+        }
+        assert_eq!(l.limit(), 10);
+        l.record(ms(10), 4); // 5 inside: half the limit is in use
+        assert_eq!(l.limit(), 11);
+    }
+
+    #[test]
     fn rising_latency_shrinks_the_limit_down_to_min() {
         let mut l = Limiter::new(LimitConfig { initial: 20, min: 4, max: 100 });
-        l.record(ms(10), 0); // baseline 10 ms; limit 21
+        l.record(ms(10), 0); // baseline 10 ms
         // Twice the baseline: queued = limit / 2, over BETA while limit > 12.
         for _ in 0..100 {
             l.record(ms(20), 0);
@@ -201,8 +217,9 @@ mod tests {
         drive(&mut l, 10, 1, 4, ms(10));
         drive(&mut l, 1000, 1000, 4, ms(10));
         assert!(l.limit() < 12, "shed under overload: {}", l.limit());
-        drive(&mut l, 200, 2, 4, ms(10)); // two clients: at baseline again
-        assert_eq!(l.limit(), 50, "grows back to max");
+        // The model gets faster (capacity 64): 40 clients at baseline latency.
+        drive(&mut l, 300, 40, 64, ms(10));
+        assert_eq!(l.limit(), 50, "grows back to max while traffic uses it");
     }
 
     #[test]
@@ -216,8 +233,9 @@ mod tests {
         // The next window's baseline is 50 ms itself (the light-load requests
         // of the last window all took 50 ms), so 50 ms is "no load" and the
         // limit regrows.
-        for _ in 0..2 * WINDOW {
-            l.record(ms(50), 0);
+        for _ in 0..WINDOW {
+            l.record(ms(50), 0); // at light load: the baseline is relearnt
+            l.record(ms(50), 9); // busy: the limit may grow
         }
         assert_eq!(l.limit(), 10);
     }

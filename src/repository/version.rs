@@ -71,7 +71,8 @@ fn limit_config(config: &pb::ModelConfig, server_default: bool) -> Option<LimitC
     let min = config::parameter(config, "adaptive_concurrency_min")
         .map_or(defaults.min.max(full_batches), |n| n.max(1) as u32);
     let max = config::parameter(config, "adaptive_concurrency_max").map_or(defaults.max, |n| n as u32).max(min);
-    on.then_some(LimitConfig { initial: defaults.initial.clamp(min, max), min, max })
+    // It starts at the floor and grows while traffic uses it at low latency.
+    on.then_some(LimitConfig { initial: min, min, max })
 }
 
 /// How requests wait for an instance: the batching policy and the queue
