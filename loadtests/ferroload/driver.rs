@@ -32,6 +32,9 @@ impl Outcome {
 pub struct Sample {
     pub start: Duration,
     pub latency: Duration,
+    /// Open loop: how late the request went out after it was due (so
+    /// `latency - lateness` is the server's part); None where not measured.
+    pub lateness: Option<Duration>,
     pub outcome: Outcome,
 }
 
@@ -59,9 +62,18 @@ impl Recorder {
 
     /// Records a request that started (or was due) at `start` and has just ended.
     pub fn record(&self, start: Instant, outcome: Outcome) {
+        self.push(start, None, outcome);
+    }
+
+    /// Records a request that was due at `due` and went out at `sent`.
+    pub fn record_sent(&self, due: Instant, sent: Instant, outcome: Outcome) {
+        self.push(due, Some(sent.saturating_duration_since(due)), outcome);
+    }
+
+    fn push(&self, start: Instant, lateness: Option<Duration>, outcome: Outcome) {
         let now = Instant::now();
-        let sample = Sample { start: start.saturating_duration_since(self.t0), latency: now - start, outcome };
-        self.samples.lock().push(sample);
+        let start_offset = start.saturating_duration_since(self.t0);
+        self.samples.lock().push(Sample { start: start_offset, latency: now - start, lateness, outcome });
     }
 
     fn finish(self) -> Run {
@@ -129,8 +141,9 @@ pub async fn run_open_cloned<C: Call + Clone>(caller: C, schedule: Schedule, max
     run_open(schedule, max_in_flight, |tick, permit, recorder| {
         let (mut caller, recorder) = (caller.clone(), recorder.clone());
         tokio::spawn(async move {
+            let sent = Instant::now();
             let outcome = caller.call(tick.index).await;
-            recorder.record(tick.due, outcome);
+            recorder.record_sent(tick.due, sent, outcome);
             drop(permit);
         });
     })

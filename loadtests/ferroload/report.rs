@@ -53,6 +53,10 @@ pub struct Detail {
     pub latency: u64,
     pub error: String,
     pub status: String,
+    /// Not in ghz: open loop (unary gRPC, HTTP), how late the request went
+    /// out after its due time, in nanoseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lateness: Option<u64>,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -128,6 +132,7 @@ fn detail(started: SystemTime, sample: &Sample) -> Detail {
         latency: nanos(sample.latency),
         error: sample.outcome.error.clone().unwrap_or_default(),
         status: sample.outcome.status.to_string(),
+        lateness: sample.lateness.map(nanos),
     }
 }
 
@@ -244,6 +249,7 @@ mod tests {
         let sample = |ms: u64, outcome: Outcome| Sample {
             start: Duration::from_millis(ms),
             latency: Duration::from_millis(ms),
+            lateness: None,
             outcome,
         };
         let run = Run {

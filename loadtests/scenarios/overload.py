@@ -1,13 +1,17 @@
 #!/usr/bin/env python3
 """Overload scenario: offered load many times what the server sustains.
 
-    python3 loadtests/scenarios/overload.py [--seconds 8] [--factors 3,10] [--spin 2000]
+    python3 loadtests/scenarios/overload.py [--seconds 8] [--factors 3,10] [--spin 5000]
 
 (loadtests/scenarios.sh overload builds first.) The model is the test model
-`slow` (one instance, no batching, a Loop of `spin` iterations, about 1 us
-each) with the adaptive concurrency limit on, so the server sustains a few
-hundred requests per second and ten times that is still cheap to offer and
-to refuse on two cores. In one run:
+`slow` (one instance on one thread, no batching, a Loop of `spin`
+iterations, about 1 us each: 5 ms by default) with the adaptive concurrency
+limit on. The load generator shares the machine, so the model must leave it
+room: on two cores, a model that takes one core for 5 ms a request sustains
+about 200 requests per second, and offering ten times that, and refusing
+nine in ten, still fits beside it. With --spin 2000 (2 ms) the refusals of
+10x overload compete with the model for the second core, and the figures
+show the machine, not the server. In one run:
 
   1. unloaded: closed loop, one client: p50/p99;
   2. peak: closed loop at 1, 2, 4 and 8 clients on a copy of the model
@@ -52,12 +56,13 @@ def closed(server, config, clients, seconds):
 def open_loop(server, config, rps, seconds):
     report = harness.ferroload(config, "-r", str(int(rps)), "-c", "4096", "-z", f"{seconds}s", "-t", "5s",
                                details=True)
-    by_status = {}
-    for d in report["details"]:
-        by_status.setdefault(d["status"], []).append(d["latency"] / 1e6)  # ns -> ms
+    by_status = harness.by_status(report)
     duration = report["total"] / 1e9
     ok = by_status.get("OK", [])
     refused = [x for code in REFUSED for x in by_status.get(code, [])]
+    # From the request going out to its answer: the server and the wire,
+    # without the load generator's own lateness on a busy machine.
+    answered = [(d["latency"] - d.get("lateness", 0)) / 1e6 for d in report["details"] if d["status"] in REFUSED]
     lost = {code: len(v) for code, v in by_status.items() if code != "OK" and code not in REFUSED}
     return {
         "offered_rps": rps, "sent": report["count"], "sent_rps": report["count"] / duration,
@@ -65,6 +70,8 @@ def open_loop(server, config, rps, seconds):
         "admitted_p50_ms": harness.quantile(ok, 0.5), "admitted_p99_ms": harness.quantile(ok, 0.99),
         "refused": {code: len(by_status.get(code, [])) for code in REFUSED},
         "refusal_p50_ms": harness.quantile(refused, 0.5), "refusal_p99_ms": harness.quantile(refused, 0.99),
+        "refusal_sent_p50_ms": harness.quantile(answered, 0.5), "refusal_sent_p99_ms": harness.quantile(answered, 0.99),
+        "lateness_p99_ms": harness.quantile([d.get("lateness", 0) / 1e6 for d in report["details"]], 0.99),
         "other": lost, "errors_sample": sorted(report.get("errorDistribution", {}).items())[:3],
         "rss_mib": server.rss_kib() / 1024, "peak_rss_mib": server.peak_rss_kib() / 1024,
     }
@@ -74,7 +81,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=8, help="length of each overload phase")
     parser.add_argument("--factors", default="3,10", help="offered load as multiples of the peak")
-    parser.add_argument("--spin", type=int, default=2000, help="Loop iterations per request (~1 us each)")
+    parser.add_argument("--spin", type=int, default=5000, help="Loop iterations per request (~1 us each)")
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/overload.json"))
     args = parser.parse_args()
 
@@ -119,8 +126,11 @@ def main():
               f"{'met' if goodput_ratio >= 0.9 else 'MISSED'}")
         print(f"  admitted p50 {ph['admitted_p50_ms']:.3f} ms  p99 {ph['admitted_p99_ms']:.3f} ms = "
               f"{p99_ratio:.2f}x unloaded p99      goal <= 3x: {'met' if p99_ratio <= 3 else 'MISSED'}")
-        print(f"  refused {ph['refused']}  p50 {ph['refusal_p50_ms']:.3f} ms  p99 {ph['refusal_p99_ms']:.3f} ms"
-              f"      goal p99 < 1 ms: {'met' if ph['refusal_p99_ms'] < 1 else 'MISSED'}")
+        print(f"  refused {ph['refused']}: from sending to the refusal p50 {ph['refusal_sent_p50_ms']:.3f} ms  "
+              f"p99 {ph['refusal_sent_p99_ms']:.3f} ms      goal p99 < 1 ms: "
+              f"{'met' if ph['refusal_sent_p99_ms'] < 1 else 'MISSED'}")
+        print(f"    (from the due time, with the load generator's lateness: p50 {ph['refusal_p50_ms']:.3f} ms  "
+              f"p99 {ph['refusal_p99_ms']:.3f} ms; its lateness p99 {ph['lateness_p99_ms']:.3f} ms)")
         print(f"  RSS {ph['rss_mib']:.1f} MiB, peak {ph['peak_rss_mib']:.1f} MiB")
         if ph["other"]:
             print(f"  NOT OK and not refused: {ph['other']} e.g. {ph['errors_sample']}")
