@@ -16,7 +16,7 @@ defaults. Both get steady open-loop load through three phases:
   3. cleared: fail = 0 again: after the open wait, probes succeed and it closes.
 
 Prints how fast the open breaker refuses (goal < 1 ms p99), the neighbour's
-p99 in each phase (goal: changes by < 20%), when the breaker opened and closed,
+p99 in each phase (goal: no more than 20% worse while the other model fails), when the breaker opened and closed,
 and the breaker's metrics. Exits non-zero if the breaker does not open, does
 not close after the fault clears, the neighbour loses a request, or the server
 dies. Loopback only; every phase is bounded.
@@ -98,10 +98,12 @@ def main():
     print(f"\nopen breaker refuses UNAVAILABLE in p50 {fault['unavailable_p50_ms']:.3f} ms, "
           f"p99 {fault['unavailable_p99_ms']:.3f} ms (model failures took p50 {fault['internal_p50_ms']:.3f} ms)"
           f"      goal p99 < 1 ms: {'met' if fault['unavailable_p99_ms'] < 1 else 'MISSED'}")
-    print(f"neighbour p99 while the breaker is open: {fault_change:+.0%} vs healthy"
-          f"      goal change < 20%: {'met' if abs(fault_change) < 0.2 else 'MISSED'}")
-    print(f"after the fault cleared, the first OK came {cleared['first_ok_after_s']}s in "
-          f"(the open wait is 5 s); transitions {transitions}")
+    print(f"neighbour p99 while the breaker is open: {fault_change:+.0%} vs healthy (a fall is the failing "
+          f"model's own work going away)      goal no more than 20% worse: {'met' if fault_change < 0.2 else 'MISSED'}")
+    first_ok = cleared["first_ok_after_s"]
+    print(f"after the fault cleared, the first OK came {first_ok:.2f} s in (the breaker waits 5 s open "
+          f"after its last failed probe); transitions {transitions}" if first_ok is not None
+          else "after the fault cleared, no request succeeded")
     checks = {
         "breaker opened": fault["failing"].get("Unavailable", 0) > 0 and transitions["open"] >= 1,
         "breaker closed after the fault cleared": cleared["breaker_state"] == 0 and transitions["closed"] >= 1,

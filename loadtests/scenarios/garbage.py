@@ -5,7 +5,7 @@ every shipped model interleaved throughout.
 
     .deps/venv/bin/python loadtests/scenarios/garbage.py [--seconds 20] [--seed 1]
         [--workers 4] [--max-requests 200000] [--timeout 5] [--binary PATH]
-        [--kinds grpc.semantic,http.binary] [--log FILE] [--dump DIR] [--strict-decode]
+        [--kinds grpc.semantic,http.binary] [--log FILE] [--dump DIR]
 
 The server is target/release/ferroserve (cargo build --release) unless
 --binary says otherwise; it runs on the shipped models/ on free loopback
@@ -33,9 +33,8 @@ Judged per answer: an HTTP 500, 502 or 505+ (501, 503 and 504 are the
 server's mapped Unimplemented, Unavailable and DeadlineExceeded) or a gRPC
 INTERNAL or UNKNOWN is a server fault; no answer (or close) within --timeout
 is a hang; a well-framed HTTP request whose connection ends without an answer
-is a fault ("dropped"). A gRPC INTERNAL whose message says the protobuf could
-not be decoded is tonic's answer to an unparseable message (grpc-go's too);
-it is counted apart, and as a fault only with --strict-decode.
+is a fault ("dropped"). An unparseable protobuf message must come back
+INVALID_ARGUMENT (the server maps tonic's INTERNAL); INTERNAL is a fault.
 
 Exit 0 only when: the server is alive, live and ready at the end, /metrics
 answers, no hang, no fault, every valid request answered correctly, no panic
@@ -72,7 +71,6 @@ except ImportError:
 
 MiB = 1024 * 1024
 SERVICE = "/inference.GRPCInferenceService/"
-DECODE_FAILURE = "failed to decode Protobuf message"
 FAULT_GRPC = {"INTERNAL", "UNKNOWN"}
 
 # ---------------------------------------------------------------------------
@@ -953,17 +951,16 @@ class Tally:
     """Counts shared by the workers: garbage by kind and answer, the faults,
     hangs and client errors with what caused them, valid requests by route."""
 
-    def __init__(self, strict_decode):
+    def __init__(self):
         self.lock = threading.Lock()
         self.sent = collections.Counter()
         self.codes = collections.defaultdict(collections.Counter)
         self.faults, self.hangs, self.valid_failures, self.client_errors = [], [], [], []
         self.valid = collections.Counter()
         self.valid_ok = collections.Counter()
-        self.strict_decode = strict_decode
 
     def record(self, attempt, code, detail=""):
-        fault = is_fault(code, self.strict_decode)
+        fault = is_fault(code)
         with self.lock:
             self.sent[attempt.kind] += 1
             self.codes[attempt.kind][code] += 1
@@ -983,12 +980,10 @@ class Tally:
                 self.valid_failures.append((route, error))
 
 
-def is_fault(code, strict_decode):
+def is_fault(code):
     if code.startswith("HTTP "):
         status = int(code.split()[1]) if code.split()[1].isdigit() else 0
         return status >= 500 and status not in (501, 503, 504)
-    if code == "INTERNAL(decode)":
-        return strict_decode
     return code in FAULT_GRPC or code == "dropped"
 
 
@@ -997,8 +992,6 @@ def grpc_code(error, elapsed, timeout):
     details = error.details() or ""
     if code == "DEADLINE_EXCEEDED" and elapsed >= 0.95 * timeout:
         return "hang", details
-    if code == "INTERNAL" and DECODE_FAILURE in details:
-        return "INTERNAL(decode)", details
     return code, details
 
 
@@ -1192,8 +1185,6 @@ def main():
     parser.add_argument("--log", help="server log file (default: a temporary file)")
     parser.add_argument("--dump", help="write the full bytes of each fault and hang here")
     parser.add_argument("--kinds", help="comma-separated garbage kinds to send (default: all)")
-    parser.add_argument("--strict-decode", action="store_true",
-                        help="count INTERNAL for undecodable protobuf as a fault")
     args = parser.parse_args()
     if args.kinds:
         unknown = set(args.kinds.split(",")) - set(KINDS)
@@ -1207,7 +1198,7 @@ def main():
 
     global GZIP_BOMB
     GZIP_BOMB = gzip.compress(b"\x00" * (100 * MiB), compresslevel=9)
-    tally = Tally(args.strict_decode)
+    tally = Tally()
     reference = {}
     failures = []
     print(f"garbage: seed {args.seed}, {args.seconds:g} s, {args.workers} workers, cap {args.max_requests}, "
