@@ -24,6 +24,10 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "breaker_consecutive_failures",
     "breaker_open_ms",
     "breaker_slow_call_ms",
+    "breaker_window",
+    "breaker_min_calls",
+    "breaker_rate_percent",
+    "breaker_probes",
 ];
 
 /// Parses config.pbtxt text. Errors name the offending field and position.

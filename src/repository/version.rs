@@ -50,12 +50,17 @@ pub struct ModelVersion {
 fn breaker_config(config: &pb::ModelConfig) -> BreakerConfig {
     let defaults = BreakerConfig::default();
     let millis = |key| config::parameter(config, key).map(|ms| Duration::from_millis(ms as u64));
+    let count = |key, default: usize| config::parameter(config, key).map_or(default, |n| n.max(1));
+    let window = count("breaker_window", defaults.window);
     BreakerConfig {
-        consecutive_failures: config::parameter(config, "breaker_consecutive_failures")
-            .map_or(defaults.consecutive_failures, |n| n.max(1) as u32),
-        open_for: millis("breaker_open_ms").unwrap_or(defaults.open_for),
+        consecutive_failures: count("breaker_consecutive_failures", defaults.consecutive_failures as usize) as u32,
+        window,
+        min_calls: count("breaker_min_calls", defaults.min_calls).min(window),
+        rate_threshold: config::parameter(config, "breaker_rate_percent")
+            .map_or(defaults.rate_threshold, |p| p.clamp(1, 100) as f64 / 100.0),
         slow_call: millis("breaker_slow_call_ms").or(defaults.slow_call),
-        ..defaults
+        open_for: millis("breaker_open_ms").unwrap_or(defaults.open_for),
+        probes: count("breaker_probes", defaults.probes as usize) as u32,
     }
 }
 
@@ -400,4 +405,62 @@ fn graph_shape(spec: &IoSpec, shape: &[i64], batching: bool) -> Vec<i64> {
 fn spec_names(specs: &[IoSpec]) -> String {
     let names: Vec<_> = specs.iter().map(|s| format!("'{}'", s.name)).collect();
     names.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_parameters(text: &str) -> pb::ModelConfig {
+        config::parse(text).expect("a valid config")
+    }
+
+    #[test]
+    fn breaker_parameters_override_each_default() {
+        let defaults = BreakerConfig::default();
+        assert_eq!(breaker_config(&pb::ModelConfig::default()), defaults);
+        let config = with_parameters(
+            r#"parameters [
+                { key: "breaker_consecutive_failures" value { string_value: "2" } },
+                { key: "breaker_window" value { string_value: "10" } },
+                { key: "breaker_min_calls" value { string_value: "40" } },
+                { key: "breaker_rate_percent" value { string_value: "25" } },
+                { key: "breaker_slow_call_ms" value { string_value: "7" } },
+                { key: "breaker_open_ms" value { string_value: "300" } },
+                { key: "breaker_probes" value { string_value: "1" } }
+            ]"#,
+        );
+        let got = breaker_config(&config);
+        assert_eq!(
+            got,
+            BreakerConfig {
+                consecutive_failures: 2,
+                window: 10,
+                min_calls: 10, // never more than the window holds
+                rate_threshold: 0.25,
+                slow_call: Some(Duration::from_millis(7)),
+                open_for: Duration::from_millis(300),
+                probes: 1,
+            }
+        );
+    }
+
+    #[test]
+    fn the_adaptive_limit_defaults_to_two_full_batches_per_instance() {
+        let config = with_parameters("max_batch_size: 8\ninstance_group [ { count: 3 } ]");
+        assert_eq!(limit_config(&config, false), None, "off unless asked");
+        let on = limit_config(&config, true).expect("the server flag turns it on");
+        assert_eq!((on.initial, on.min, on.max), (48, 48, 4096));
+        let bounded = with_parameters(
+            r#"parameters [
+                { key: "adaptive_concurrency" value { string_value: "1" } },
+                { key: "adaptive_concurrency_min" value { string_value: "5" } },
+                { key: "adaptive_concurrency_max" value { string_value: "3" } }
+            ]"#,
+        );
+        let on = limit_config(&bounded, false).expect("the parameter turns it on");
+        assert_eq!((on.initial, on.min, on.max), (5, 5, 5), "max is never below min");
+        let off = with_parameters(r#"parameters [ { key: "adaptive_concurrency" value { string_value: "0" } } ]"#);
+        assert_eq!(limit_config(&off, true), None, "the parameter overrides the flag");
+    }
 }
