@@ -234,3 +234,24 @@ def by_status(report):
     for d in report["details"]:
         out.setdefault(d["status"], []).append(d["latency"] / 1e6)
     return out
+
+
+def scenario_workspace(name):
+    """A fresh temporary folder for a scenario and an empty model repository
+    inside it: (folder, repository)."""
+    work = tempfile.mkdtemp(prefix=f"ferroserve-{name}-")
+    repository = os.path.join(work, "models")
+    os.makedirs(repository)
+    return work, repository
+
+
+def parameter(key, value):
+    """A config.pbtxt `parameters` entry."""
+    return f'parameters {{ key: "{key}" value {{ string_value: "{value}" }} }}\n'
+
+
+def write_json(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+    print(f"written {path}")

@@ -26,17 +26,26 @@ fn slow_batching_repository() -> tempfile::TempDir {
     repo
 }
 
+/// Sends one request to "slow" that can only run in 30 s (a batch of 4
+/// never forms) and returns once it waits in the queue.
+async fn queue_one(
+    server: &Server,
+    client: &common::GrpcClient,
+) -> tokio::task::JoinHandle<Result<tonic::Response<ferroserve::pb::ModelInferResponse>, tonic::Status>> {
+    let mut waiting = client.clone();
+    let mut queued = mlp_request(1);
+    queued.model_name = "slow".into();
+    let call = tokio::spawn(async move { waiting.model_infer(queued).await });
+    wait_for_queue_depth(server, "slow", 1.0).await;
+    call
+}
+
 #[tokio::test]
 async fn sigterm_answers_queued_requests_unavailable_and_exits_zero_in_time() {
     let repo = slow_batching_repository();
     let server = Server::start(repo.path(), &["--exit-timeout-secs", "2"]);
     let mut client = server.grpc_client().await;
-    // A request that can only run in 30 s (a batch of 4 never forms).
-    let mut waiting = client.clone();
-    let mut queued = mlp_request(1);
-    queued.model_name = "slow".into();
-    let call = tokio::spawn(async move { waiting.model_infer(queued).await });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let call = queue_one(&server, &client).await;
 
     let signalled = Instant::now();
     let pid = server.pid();
@@ -126,11 +135,7 @@ async fn while_draining_open_connections_are_answered_and_told_to_close() {
     let server = Server::start(repo.path(), &["--exit-timeout-secs", "3"]);
     let mut client = server.grpc_client().await;
     // A queued request keeps the drain going until the deadline.
-    let mut waiting = client.clone();
-    let mut queued = mlp_request(1);
-    queued.model_name = "slow".into();
-    let held = tokio::spawn(async move { waiting.model_infer(queued).await });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let held = queue_one(&server, &client).await;
     let mut kept_alive = std::net::TcpStream::connect(&server.http).unwrap();
     kept_alive.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let live = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";

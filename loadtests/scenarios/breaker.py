@@ -23,10 +23,8 @@ dies. Loopback only; every phase is bounded.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # noqa: E402
@@ -72,9 +70,7 @@ def main():
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/breaker.json"))
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="ferroserve-breaker-")
-    repo = os.path.join(work, "models")
-    os.makedirs(repo)
+    work, repo = harness.scenario_workspace("breaker")
     harness.copy_model(os.path.join(harness.ROOT, "models/mlp"), repo, "mlp")
     harness.copy_model(os.path.join(harness.ROOT, "tests/models/failing"), repo, "failing")
     with harness.Server(repo, log=os.path.join(work, "server.log")) as server:
@@ -113,10 +109,7 @@ def main():
     }
     for what, held in checks.items():
         print(f"  {'ok  ' if held else 'FAIL'} {what}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"phases": phases, "transitions": transitions, "checks": checks}, f, indent=1)
-    print(f"written {args.out}")
+    harness.write_json(args.out, {"phases": phases, "transitions": transitions, "checks": checks})
     return 0 if all(checks.values()) else 1
 
 

@@ -27,10 +27,8 @@ Loopback only; every phase is bounded.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import harness  # noqa: E402
@@ -85,13 +83,11 @@ def main():
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/overload.json"))
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="ferroserve-overload-")
-    repo = os.path.join(work, "models")
-    os.makedirs(repo)
+    work, repo = harness.scenario_workspace("overload")
     slow = os.path.join(harness.ROOT, "tests/models/slow")
     # The Loop runs on one thread: one intra-op thread, none spinning idle.
-    one_thread = 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
-    adaptive = 'parameters { key: "adaptive_concurrency" value { string_value: "1" } }\n'
+    one_thread = harness.parameter("intra_op_thread_count", 1)
+    adaptive = harness.parameter("adaptive_concurrency", 1)
     harness.copy_model(slow, repo, "work", lambda c: c + one_thread + adaptive)
     # The same model without the limit, to measure what the server sustains.
     harness.copy_model(slow, repo, "unlimited", lambda c: c + one_thread)
@@ -140,10 +136,7 @@ def main():
           f"      goal no growth with offered load: {'met' if growth < 0.1 * phases[0]['rss_mib'] else 'MISSED'}")
     print(f"server shed counters {shed}; final concurrency limit {limit:g}; "
           f"server {'alive and ready' if alive else 'NOT READY / DEAD'}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"unloaded": unloaded, "peaks": peaks, "peak": peak, "phases": phases, "shed": shed}, f, indent=1)
-    print(f"written {args.out}")
+    harness.write_json(args.out, {"unloaded": unloaded, "peaks": peaks, "peak": peak, "phases": phases, "shed": shed})
     return 1 if failed else 0
 
 

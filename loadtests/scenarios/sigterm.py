@@ -24,10 +24,8 @@ Loopback only; bounded.
 """
 
 import argparse
-import json
 import os
 import sys
-import tempfile
 import threading
 import time
 
@@ -64,11 +62,9 @@ def main():
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/sigterm.json"))
     args = parser.parse_args()
 
-    work = tempfile.mkdtemp(prefix="ferroserve-sigterm-")
-    repo = os.path.join(work, "models")
-    os.makedirs(repo)
+    work, repo = harness.scenario_workspace("sigterm")
     harness.copy_model(os.path.join(harness.ROOT, "models/mlp"), repo, "mlp")
-    one_thread = 'parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n'
+    one_thread = harness.parameter("intra_op_thread_count", 1)
     harness.copy_model(os.path.join(harness.ROOT, "tests/models/slow"), repo, "work", lambda c: c + one_thread)
     # Load keeps coming until well after the server is gone.
     seconds = f"{int(args.term_after + args.exit_timeout + 2)}s"
@@ -126,10 +122,7 @@ def main():
     }
     for what, held in checks.items():
         print(f"  {'ok  ' if held else 'FAIL'} {what}")
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"outcomes": table, "exit": outcome, "checks": checks, "lost_examples": lost_examples}, f, indent=1)
-    print(f"written {args.out}")
+    harness.write_json(args.out, {"outcomes": table, "exit": outcome, "checks": checks, "lost_examples": lost_examples})
     return 0 if all(checks.values()) else 1
 
 
