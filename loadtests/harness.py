@@ -228,12 +228,27 @@ def run_together(*runs):
     return reports
 
 
-def by_status(report):
-    """{status: [latency in ms, ...]} from a report's details."""
+def by_status(report, from_sending=False):
+    """{status: [latency in ms, ...]} from a report's details; with
+    `from_sending`, from when each request went out rather than when it was
+    due (the load generator's own lateness left out)."""
     out = {}
     for d in report["details"]:
-        out.setdefault(d["status"], []).append(d["latency"] / 1e6)
+        latency = d["latency"] - (d.get("lateness", 0) if from_sending else 0)
+        out.setdefault(d["status"], []).append(latency / 1e6)
     return out
+
+
+def windowed_quantile(report, q, status="OK", window=1.0):
+    """The median over `window`-second slices of the run of each slice's
+    q-quantile latency (ms): one noisy second on a shared machine does not
+    decide it."""
+    slices = {}
+    for d in report["details"]:
+        if d["status"] == status:
+            slices.setdefault(int(detail_time(d) // window), []).append(d["latency"] / 1e6)
+    per_slice = [quantile(v, q) for v in slices.values() if len(v) >= 100]
+    return quantile(per_slice, 0.5)
 
 
 def scenario_workspace(name):

@@ -15,8 +15,11 @@ defaults. Both get steady open-loop load through three phases:
      opens and refuses UNAVAILABLE at once (half-open probes fail, it reopens);
   3. cleared: fail = 0 again: after the open wait, probes succeed and it closes.
 
-Prints how fast the open breaker refuses (goal < 1 ms p99), the neighbour's
-p99 in each phase (goal: no more than 20% worse while the other model fails), when the breaker opened and closed,
+Prints how fast the open breaker refuses (goal < 1 ms p99, from the request
+going out), the neighbour's p99 in each phase (the median of per-second p99s,
+so one noisy second on a shared machine does not decide it; goal: no more
+than 20% worse while the other model fails than the mean of the phases
+before and after, which cancels drift over the run), when the breaker opened and closed,
 and the breaker's metrics. Exits non-zero if the breaker does not open, does
 not close after the fault clears, the neighbour loses a request, or the server
 dies. Loopback only; every phase is bounded.
@@ -45,13 +48,14 @@ def phase(server, work, fail, args):
         (mlp, "-r", str(args.rps), "-c", "256", "-z", seconds, "-t", "5s"),
         (failing, "-r", str(args.failing_rps), "-c", "256", "-z", seconds, "-t", "5s"))
     n = harness.by_status(neighbour)
-    t = harness.by_status(target)
+    t = harness.by_status(target, from_sending=True)
     ok_times = sorted(harness.detail_time(d) for d in target["details"] if d["status"] == "OK")
     start = min(harness.detail_time(d) for d in target["details"])
     return {
         "neighbour_ok": len(n.get("OK", [])), "neighbour_other": {k: len(v) for k, v in n.items() if k != "OK"},
         "neighbour_p50_ms": harness.quantile(n.get("OK", []), 0.5),
-        "neighbour_p99_ms": harness.quantile(n.get("OK", []), 0.99),
+        "neighbour_p99_ms": harness.windowed_quantile(neighbour, 0.99),
+        "neighbour_p99_whole_ms": harness.quantile(n.get("OK", []), 0.99),
         "failing": {k: len(v) for k, v in t.items()},
         "unavailable_p50_ms": harness.quantile(t.get("Unavailable", []), 0.5),
         "unavailable_p99_ms": harness.quantile(t.get("Unavailable", []), 0.99),
@@ -87,15 +91,20 @@ def main():
     for name, ph in phases.items():
         change = ph["neighbour_p99_ms"] / healthy["neighbour_p99_ms"] - 1
         print(f"{name:8} neighbour mlp: {ph['neighbour_ok']} ok, p50 {ph['neighbour_p50_ms']:.3f} ms, "
-              f"p99 {ph['neighbour_p99_ms']:.3f} ms ({change:+.0%} vs healthy), other {ph['neighbour_other']}")
+              f"p99 {ph['neighbour_p99_ms']:.3f} ms ({change:+.0%} vs healthy; over the whole phase "
+              f"{ph['neighbour_p99_whole_ms']:.3f} ms), other {ph['neighbour_other']}")
         print(f"{'':8} failing: {ph['failing']}, breaker state at the end {ph['breaker_state']:g} "
               f"(0 closed, 1 open, 2 half-open)")
-    fault_change = fault["neighbour_p99_ms"] / healthy["neighbour_p99_ms"] - 1
+    # A-B-A: the phases before and after the fault bracket it, so drift on a
+    # shared machine over the run cancels out.
+    around = (healthy["neighbour_p99_ms"] + cleared["neighbour_p99_ms"]) / 2
+    fault_change = fault["neighbour_p99_ms"] / around - 1
     print(f"\nopen breaker refuses UNAVAILABLE in p50 {fault['unavailable_p50_ms']:.3f} ms, "
           f"p99 {fault['unavailable_p99_ms']:.3f} ms (model failures took p50 {fault['internal_p50_ms']:.3f} ms)"
           f"      goal p99 < 1 ms: {'met' if fault['unavailable_p99_ms'] < 1 else 'MISSED'}")
-    print(f"neighbour p99 while the breaker is open: {fault_change:+.0%} vs healthy (a fall is the failing "
-          f"model's own work going away)      goal no more than 20% worse: {'met' if fault_change < 0.2 else 'MISSED'}")
+    print(f"neighbour p99 while the breaker is open: {fault['neighbour_p99_ms']:.3f} ms, {fault_change:+.0%} vs "
+          f"{around:.3f} ms, the mean of the phases before and after      goal no more than 20% worse: "
+          f"{'met' if fault_change < 0.2 else 'MISSED'}")
     first_ok = cleared["first_ok_after_s"]
     print(f"after the fault cleared, the first OK came {first_ok:.2f} s in (the breaker waits 5 s open "
           f"after its last failed probe); transitions {transitions}" if first_ok is not None
