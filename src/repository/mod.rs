@@ -23,6 +23,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// What a loaded version was made from: its files and the config text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Source {
+    files: u64,
+    config: u64,
+}
+
 /// State of one model as RepositoryIndex reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IndexEntry {
@@ -33,14 +40,25 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
-enum VersionState {
-    Ready(Arc<ModelVersion>),
-    Failed(String),
+/// One version of a model: what serves it, and how the latest attempt to
+/// load it went. A version whose new file (or config) fails to load keeps
+/// serving the old one.
+#[derive(Default)]
+struct VersionSlot {
+    serving: Option<Serving>,
+    /// Why the latest load of this version failed, if it did.
+    failure: Option<String>,
+}
+
+struct Serving {
+    version: Arc<ModelVersion>,
+    /// What it was loaded from; a load with the same source is skipped.
+    source: Source,
 }
 
 #[derive(Default)]
 struct ModelState {
-    versions: BTreeMap<i64, VersionState>,
+    versions: BTreeMap<i64, VersionSlot>,
     /// Why the model as a whole could not load (bad config, no versions), or
     /// that it was unloaded.
     problem: Option<String>,
@@ -63,6 +81,9 @@ pub struct Repository {
     draining: AtomicBool,
     /// The server-wide cap on inference requests in flight.
     cap: ServerCap,
+    /// Loads run one at a time, so a swap holds at most one extra copy of
+    /// one model version in memory.
+    loads: tokio::sync::Mutex<()>,
 }
 
 impl Repository {
@@ -76,6 +97,7 @@ impl Repository {
             strict_readiness,
             draining: AtomicBool::new(false),
             cap: ServerCap::new(context.max_in_flight),
+            loads: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -118,81 +140,113 @@ impl Repository {
             return true;
         }
         let models = self.models.read();
-        models.values().filter(|m| !m.unloaded).all(|m| {
-            m.problem.is_none()
-                && !m.versions.is_empty()
-                && m.versions.values().all(|v| matches!(v, VersionState::Ready(_)))
-        })
+        models
+            .values()
+            .filter(|m| !m.unloaded)
+            .all(|m| m.problem.is_none() && !m.versions.is_empty() && m.versions.values().all(|v| v.serving.is_some()))
     }
 
-    /// (Re)loads a model from disk: every version its policy selects. The
-    /// old versions stay in service until the new set is in place. Returns an
-    /// error when nothing of the model could be loaded.
+    /// Loads a model from disk, or brings a loaded one up to date: reads its
+    /// config and version folders again, loads each version that is new or
+    /// whose files or config changed (off the request path, warmed up), and
+    /// switches that version's routing to it at once; the copy it replaces
+    /// stops receiving requests, finishes what it holds, and is freed.
+    /// Versions no longer on disk or chosen by the version policy are
+    /// retired the same way. A version whose new files fail to load keeps
+    /// serving the old ones. Returns the first failure, if any.
     pub async fn load(self: &Arc<Self>, name: &str) -> Result<()> {
         let dir = scan::model_dir(&self.root, name).map_err(Error::NotFound)?;
-        self.models.write().entry(name.to_string()).or_default().loading = true;
+        let _one_at_a_time = self.loads.lock().await;
+        {
+            let mut models = self.models.write();
+            let state = models.entry(name.to_string()).or_default();
+            state.loading = true;
+            if state.unloaded {
+                *state = ModelState { loading: true, ..Default::default() };
+            }
+        }
         let this = self.clone();
-        let loaded = tokio::task::spawn_blocking(move || this.load_blocking(&dir))
+        let outcome = tokio::task::spawn_blocking(move || this.reconcile(&dir))
             .await
             .map_err(|e| Error::internal(format!("loading '{name}' panicked: {e}")))?;
-        let outcome = match &loaded.problem {
-            Some(problem) => Err(Error::invalid(format!("failed to load '{name}': {problem}"))),
-            None => match loaded.versions.iter().find_map(|(v, s)| match s {
-                VersionState::Failed(reason) => Some((v, reason)),
-                VersionState::Ready(_) => None,
-            }) {
-                Some((v, reason)) => Err(Error::invalid(format!("failed to load '{name}' version {v}: {reason}"))),
-                None => Ok(()),
-            },
-        };
-        self.models.write().insert(name.to_string(), loaded);
+        if let Some(state) = self.models.write().get_mut(name) {
+            state.loading = false;
+        }
         self.publish_ready_count();
-        outcome
+        outcome.map_err(|problem| Error::invalid(format!("failed to load '{name}': {problem}")))
     }
 
-    fn load_blocking(&self, dir: &std::path::Path) -> ModelState {
+    /// The blocking part of `load`. Errors name what failed.
+    fn reconcile(&self, dir: &std::path::Path) -> Result<(), String> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let mut state = ModelState::default();
-        let (config, explicit) = match scan::read_config(dir) {
+        let model_problem = |problem: String| {
+            tracing::error!(model = %name, %problem, "model failed to load");
+            telemetry::record_load(&name, "", false);
+            let mut models = self.models.write();
+            let state = models.entry(name.clone()).or_default();
+            let serving = state.versions.values().any(|v| v.serving.is_some());
+            state.problem = Some(if serving {
+                format!("{problem} (the versions loaded before keep serving)")
+            } else {
+                problem.clone()
+            });
+            Err(problem)
+        };
+        let (config, explicit, config_hash) = match scan::read_config(dir) {
             Ok(found) => found,
-            Err(problem) => {
-                tracing::error!(model = %name, %problem, "model failed to load");
-                telemetry::record_load(&name, "", false);
-                state.problem = Some(problem);
-                return state;
-            }
+            Err(problem) => return model_problem(problem),
         };
-        let versions = match scan::select_versions(dir, config.version_policy.as_ref()) {
+        let wanted = match scan::select_versions(dir, config.version_policy.as_ref()) {
             Ok(v) if v.is_empty() => {
-                Err(format!("no version directory of {} matches its version policy", dir.display()))
+                return model_problem(format!("no version folder of {} matches its version policy", dir.display()));
             }
-            other => other,
-        };
-        let versions = match versions {
             Ok(v) => v,
-            Err(problem) => {
-                tracing::error!(model = %name, %problem, "model failed to load");
-                telemetry::record_load(&name, "", false);
-                state.problem = Some(problem);
-                return state;
-            }
+            Err(problem) => return model_problem(problem),
         };
-        for version in versions {
+        self.models.write().entry(name.clone()).or_default().problem = None;
+        let mut first_failure = None;
+        for &version in &wanted {
+            let source = Source { files: scan::version_stamp(dir, version), config: config_hash };
+            let current =
+                self.models.read().get(&name).and_then(|m| {
+                    m.versions.get(&version).and_then(|v| v.serving.as_ref().map(|s| s.source == source))
+                });
+            if current == Some(true) {
+                continue; // unchanged: keeps serving, nothing to load
+            }
             let started = Instant::now();
-            match ModelVersion::load(&self.runtime, dir, version, config.clone(), explicit, self.context) {
+            let loaded = ModelVersion::load(&self.runtime, dir, version, config.clone(), explicit, self.context);
+            let mut models = self.models.write();
+            let slot = models.entry(name.clone()).or_default().versions.entry(version).or_default();
+            match loaded {
                 Ok(loaded) => {
-                    tracing::info!(model = %name, version, elapsed_ms = started.elapsed().as_millis() as u64, "model version ready");
+                    let elapsed_ms = started.elapsed().as_millis() as u64;
+                    let swapped = slot.serving.is_some();
+                    tracing::info!(model = %name, version, elapsed_ms, swapped, "model version ready");
                     telemetry::record_load(&name, &version.to_string(), true);
-                    state.versions.insert(version, VersionState::Ready(Arc::new(loaded)));
+                    // The old copy, if any, leaves routing here; requests
+                    // holding it finish, then its instances exit.
+                    slot.serving = Some(Serving { version: Arc::new(loaded), source });
+                    slot.failure = None;
                 }
                 Err(reason) => {
-                    tracing::error!(model = %name, version, %reason, "model version failed to load");
+                    let keeps = slot.serving.is_some();
+                    tracing::error!(model = %name, version, %reason, keeps_serving_old = keeps, "model version failed to load");
                     telemetry::record_load(&name, &version.to_string(), false);
-                    state.versions.insert(version, VersionState::Failed(reason));
+                    first_failure.get_or_insert_with(|| format!("version {version}: {reason}"));
+                    slot.failure = Some(reason);
                 }
             }
         }
-        state
+        let mut models = self.models.write();
+        if let Some(state) = models.get_mut(&name) {
+            let retired: Vec<i64> = state.versions.keys().copied().filter(|v| !wanted.contains(v)).collect();
+            for version in retired {
+                state.versions.remove(&version);
+                tracing::info!(model = %name, version, "model version retired");
+            }
+        }
+        first_failure.map_or(Ok(()), Err)
     }
 
     /// Takes a model out of service. Requests already admitted finish on
@@ -216,10 +270,7 @@ impl Repository {
                 .versions
                 .values()
                 .rev()
-                .find_map(|v| match v {
-                    VersionState::Ready(m) => Some(m.clone()),
-                    VersionState::Failed(_) => None,
-                })
+                .find_map(|v| v.serving.as_ref().map(|s| s.version.clone()))
                 .ok_or_else(|| {
                     let why = state.problem.clone().unwrap_or_else(|| "no version is ready".into());
                     Error::Unavailable(format!("model '{name}' is not ready: {why}"))
@@ -228,10 +279,11 @@ impl Repository {
         let number: i64 =
             version.parse().map_err(|_| Error::not_found(format!("unknown version '{version}' of model '{name}'")))?;
         match state.versions.get(&number) {
-            Some(VersionState::Ready(m)) => Ok(m.clone()),
-            Some(VersionState::Failed(reason)) => {
-                Err(Error::Unavailable(format!("model '{name}' version {number} is not ready: {reason}")))
-            }
+            Some(VersionSlot { serving: Some(serving), .. }) => Ok(serving.version.clone()),
+            Some(VersionSlot { failure, .. }) => Err(Error::Unavailable(format!(
+                "model '{name}' version {number} is not ready: {}",
+                failure.as_deref().unwrap_or("it is loading")
+            ))),
             None => Err(Error::not_found(format!("unknown version '{version}' of model '{name}'"))),
         }
     }
@@ -240,14 +292,7 @@ impl Repository {
     pub fn ready_versions(&self, name: &str) -> Vec<Arc<ModelVersion>> {
         let models = self.models.read();
         models.get(name).map_or_else(Vec::new, |state| {
-            state
-                .versions
-                .values()
-                .filter_map(|v| match v {
-                    VersionState::Ready(m) => Some(m.clone()),
-                    VersionState::Failed(_) => None,
-                })
-                .collect()
+            state.versions.values().filter_map(|v| v.serving.as_ref().map(|s| s.version.clone())).collect()
         })
     }
 
@@ -287,10 +332,17 @@ impl Repository {
                     if let Some(problem) = &state.problem {
                         entries.push(entry(String::new(), "UNAVAILABLE", problem.clone()));
                     }
-                    for (version, v) in &state.versions {
-                        entries.push(match v {
-                            VersionState::Ready(_) => entry(version.to_string(), "READY", String::new()),
-                            VersionState::Failed(reason) => entry(version.to_string(), "UNAVAILABLE", reason.clone()),
+                    for (version, slot) in &state.versions {
+                        let failure = slot.failure.clone().unwrap_or_default();
+                        entries.push(match (&slot.serving, failure.is_empty()) {
+                            (Some(_), true) => entry(version.to_string(), "READY", String::new()),
+                            (Some(_), false) => entry(
+                                version.to_string(),
+                                "READY",
+                                format!("serving the files loaded before; the new ones failed to load: {failure}"),
+                            ),
+                            (None, false) => entry(version.to_string(), "UNAVAILABLE", failure),
+                            (None, true) => entry(version.to_string(), "LOADING", String::new()),
                         });
                     }
                 }
@@ -335,8 +387,7 @@ impl Repository {
 
     fn publish_ready_count(&self) {
         let models = self.models.read();
-        let ready =
-            models.values().flat_map(|m| m.versions.values()).filter(|v| matches!(v, VersionState::Ready(_))).count();
+        let ready = models.values().flat_map(|m| m.versions.values()).filter(|v| v.serving.is_some()).count();
         telemetry::set_models_ready(ready);
     }
 

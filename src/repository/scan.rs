@@ -29,15 +29,44 @@ pub fn model_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
     if dir.is_dir() { Ok(dir) } else { Err(format!("no model '{name}' in the repository {}", root.display())) }
 }
 
-/// The model's config.pbtxt, or an empty config to complete from the graph.
-/// The flag says whether a file was found.
-pub fn read_config(dir: &Path) -> Result<(pb::ModelConfig, bool), String> {
+/// The model's config.pbtxt, or an empty config to complete from the graph:
+/// the config, whether a file was found, and a hash of its text (to tell a
+/// changed config from the same one).
+pub fn read_config(dir: &Path) -> Result<(pb::ModelConfig, bool, u64), String> {
     let path = dir.join("config.pbtxt");
     match std::fs::read_to_string(&path) {
-        Ok(text) => config::parse(&text).map(|c| (c, true)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((pb::ModelConfig::default(), false)),
+        Ok(text) => config::parse(&text).map(|c| (c, true, hash(&text))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((pb::ModelConfig::default(), false, 0)),
         Err(e) => Err(format!("reading {}: {e}", path.display())),
     }
+}
+
+/// A stamp of every file under a version folder (path, size, modification
+/// time): it changes when a file is added, removed, replaced or rewritten.
+pub fn version_stamp(dir: &Path, version: i64) -> u64 {
+    let mut files = Vec::new();
+    collect_files(&dir.join(version.to_string()), &mut files);
+    files.sort();
+    hash(&files)
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::SystemTime>)>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        match entry.metadata() {
+            Ok(meta) if meta.is_dir() => collect_files(&path, out),
+            Ok(meta) => out.push((path, meta.len(), meta.modified().ok())),
+            Err(_) => {}
+        }
+    }
+}
+
+fn hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+    use std::hash::Hasher;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The versions to serve: numeric subdirectories filtered by the policy

@@ -1,0 +1,170 @@
+//! Swapping model files under a running server (explicit mode): a new
+//! version takes unpinned traffic once it is ready, a replaced file or config
+//! is reloaded, a version that leaves the disk is retired after its requests
+//! finish, a file that fails to load leaves the old one serving, and an
+//! unchanged model is not reloaded at all.
+
+mod common;
+mod grpc_support;
+
+use common::{GrpcClient, Server, test_models};
+use ferroserve::pb;
+use grpc_support::*;
+use std::path::Path;
+use std::time::Duration;
+use tonic::Code;
+
+/// Model "m": `tests/models/multiversion` version 1 (y = x + 1) under the
+/// default version policy (the latest version serves).
+fn repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let config = std::fs::read_to_string(test_models().join("multiversion/config.pbtxt")).unwrap();
+    let config = config.replace("name: \"multiversion\"", "name: \"m\"").replace("version_policy { all { } }\n", "");
+    std::fs::create_dir_all(repo.path().join("m")).unwrap();
+    std::fs::write(repo.path().join("m/config.pbtxt"), config).unwrap();
+    put_version(repo.path(), 1, 1);
+    repo
+}
+
+/// Writes multiversion's version `source` file (y = x + source) as m's `version`.
+fn put_version(repo: &Path, version: i64, source: i64) {
+    let dir = repo.join(format!("m/{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = test_models().join(format!("multiversion/{source}/model.onnx"));
+    // Written beside and renamed, as a deploy tool does; a fresh mtime either way.
+    std::fs::copy(file, dir.join("model.onnx.tmp")).unwrap();
+    std::fs::rename(dir.join("model.onnx.tmp"), dir.join("model.onnx")).unwrap();
+}
+
+async fn start(repo: &Path) -> (Server, GrpcClient) {
+    let server = Server::start(repo, &["--model-control-mode", "explicit", "--load-model", "m"]);
+    let client = server.grpc_client().await;
+    (server, client)
+}
+
+async fn load(client: &mut GrpcClient) -> Result<(), tonic::Status> {
+    let request = pb::RepositoryModelLoadRequest { model_name: "m".into(), ..Default::default() };
+    client.repository_model_load(request).await.map(|_| ())
+}
+
+/// Asks m (optionally a pinned version) for x = 1.0: (version, y).
+async fn ask(client: &mut GrpcClient, version: &str) -> Result<(String, f32), tonic::Status> {
+    let request = pb::ModelInferRequest {
+        model_version: version.into(),
+        ..raw_request("m", vec![(input("x", "FP32", &[1, 1]), f32_bytes(&[1.0]))])
+    };
+    let response = client.model_infer(request).await?.into_inner();
+    let y = f32_values(output(&response, "y").2)[0];
+    Ok((response.model_version, y))
+}
+
+async fn index(client: &mut GrpcClient) -> Vec<(String, String, String)> {
+    let models = client.repository_index(pb::RepositoryIndexRequest::default()).await.unwrap().into_inner().models;
+    models.into_iter().filter(|m| m.name == "m").map(|m| (m.version, m.state, m.reason)).collect()
+}
+
+async fn loads(server: &Server, outcome: &str) -> f64 {
+    let body = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
+    body.lines()
+        .filter(|l| l.starts_with("ferroserve_model_loads_total{") && l.contains("model=\"m\"") && l.contains(outcome))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_new_version_takes_over_and_the_old_one_is_retired() {
+    let repo = repository();
+    let (_server, mut client) = start(repo.path()).await;
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 2.0));
+
+    put_version(repo.path(), 2, 2);
+    load(&mut client).await.unwrap();
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("2".into(), 3.0), "unpinned requests go to the new version");
+    // The policy serves the latest version only: version 1 is retired.
+    expect_error(ask(&mut client, "1").await, Code::NotFound, &["'1'"]);
+    assert_eq!(index(&mut client).await, [("2".into(), "READY".into(), String::new())]);
+}
+
+#[tokio::test]
+async fn a_replaced_file_or_config_is_reloaded_and_an_unchanged_model_is_not() {
+    let repo = repository();
+    let (server, mut client) = start(repo.path()).await;
+    let before = loads(&server, "ok").await;
+    load(&mut client).await.unwrap();
+    assert_eq!(loads(&server, "ok").await, before, "nothing changed, nothing loaded");
+
+    // The same version number, a different file: y = x + 3 now.
+    put_version(repo.path(), 1, 3);
+    load(&mut client).await.unwrap();
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 4.0));
+    assert_eq!(loads(&server, "ok").await, before + 1.0);
+
+    // A config edit reloads the version with the new config.
+    let path = repo.path().join("m/config.pbtxt");
+    let config = std::fs::read_to_string(&path).unwrap().replace("max_batch_size: 4", "max_batch_size: 2");
+    std::fs::write(&path, config).unwrap();
+    load(&mut client).await.unwrap();
+    let request = pb::ModelConfigRequest { name: "m".into(), version: String::new() };
+    let config = client.model_config(request).await.unwrap().into_inner().config.unwrap();
+    assert_eq!(config.max_batch_size, 2);
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 4.0));
+}
+
+#[tokio::test]
+async fn a_file_that_fails_to_load_leaves_the_old_one_serving() {
+    let repo = repository();
+    let (_server, mut client) = start(repo.path()).await;
+    std::fs::write(repo.path().join("m/1/model.onnx"), b"not an onnx model").unwrap();
+    expect_error(load(&mut client).await, Code::InvalidArgument, &["version 1"]);
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 2.0), "the loaded copy keeps serving");
+    let entries = index(&mut client).await;
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0].1, "READY");
+    assert!(entries[0].2.contains("failed to load"), "the index says why: {entries:?}");
+
+    // A broken config: the model keeps serving with the config it has.
+    std::fs::write(repo.path().join("m/config.pbtxt"), "max_batch_size: oops").unwrap();
+    expect_error(load(&mut client).await, Code::InvalidArgument, &["config.pbtxt"]);
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 2.0));
+
+    // Good files again: loaded, and the index is clean.
+    let repaired = repository();
+    std::fs::copy(repaired.path().join("m/config.pbtxt"), repo.path().join("m/config.pbtxt")).unwrap();
+    put_version(repo.path(), 1, 2);
+    load(&mut client).await.unwrap();
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 3.0));
+    assert_eq!(index(&mut client).await, [("1".into(), "READY".into(), String::new())]);
+}
+
+#[tokio::test]
+async fn requests_in_flight_on_a_retired_version_finish_on_it() {
+    // "slow" version 1 spins for a while; version 2 (same file) replaces it.
+    let repo = common::temp_repository(&[(&test_models(), "slow")]);
+    let server = Server::start(repo.path(), &["--model-control-mode", "explicit", "--load-model", "slow"]);
+    let mut client = server.grpc_client().await;
+    let slow = |spin: i64| {
+        raw_request(
+            "slow",
+            vec![
+                (input("x", "FP32", &[1, 1]), f32_bytes(&[1.0])),
+                (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
+            ],
+        )
+    };
+    // Two long requests: one runs on the only instance, the other waits.
+    let mut busy = client.clone();
+    let running = tokio::spawn(async move { busy.model_infer(slow(1_000_000)).await });
+    let mut behind = client.clone();
+    let queued = tokio::spawn(async move { behind.model_infer(slow(1_000_000)).await });
+    wait_for_queue_depth(&server, "slow", 1.0).await;
+    common::copy_dir(&repo.path().join("slow/1"), &repo.path().join("slow/2"));
+    let request = pb::RepositoryModelLoadRequest { model_name: "slow".into(), ..Default::default() };
+    client.repository_model_load(request).await.unwrap();
+    // New requests go to version 2 while version 1 finishes its work.
+    let fresh = client.model_infer(slow(0)).await.unwrap().into_inner();
+    assert_eq!(fresh.model_version, "2");
+    for call in [running, queued] {
+        let finished = tokio::time::timeout(Duration::from_secs(60), call).await.expect("finished").unwrap();
+        assert_eq!(finished.unwrap().into_inner().model_version, "1", "answered by the version it was sent to");
+    }
+}
