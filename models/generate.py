@@ -672,6 +672,27 @@ output [
 """
 
 
+def build_steady():
+    # The failing model's inputs and outputs, but fail is ignored: y = 2 * x
+    # always. Version 1 of "canary", whose version 2 is the failing graph.
+    nodes = [
+        helper.make_node("Mul", ["x", "two"], ["y"], name="double"),
+        helper.make_node("Identity", ["fail"], ["fail_unused"], name="fail_unused"),
+    ]
+    graph = helper.make_graph(
+        nodes, "steady",
+        [tensor("x", TensorProto.FLOAT, ["batch", 4]),
+         tensor("fail", TensorProto.INT64, ["batch", 1])],
+        [tensor("y", TensorProto.FLOAT, ["batch", 4])],
+        [init("two", np.array([2.0], dtype=np.float32))],
+    )
+    model = make_model(graph)
+    x = np.random.default_rng(13).standard_normal((3, 4)).astype(np.float32)
+    (y,) = session(model).run(None, {"x": x, "fail": np.ones((3, 1), dtype=np.int64)})
+    check_equal("steady (fail=1 ignored)", y, x * np.float32(2))
+    return model
+
+
 def build_failing():
     # y = 2 * Reshape(x, [batch, 4 + any(fail != 0)]). A non-zero fail asks
     # Reshape for [batch, 5], which ORT rejects while running the graph (the
@@ -723,6 +744,41 @@ def build_failing():
         else:
             check(False, f"failing (fail={fail}): run did not fail")
     return model
+
+
+CANARY_CONFIG = """
+# Version 1: y = 2 * x whatever fail says. Version 2: the failing model, whose
+# run fails when any fail value is non-zero. Both versions are served;
+# stable 1, canary 2 at weight 10 (tests and scenarios edit these).
+name: "canary"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy { all { } }
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  },
+  {
+    name: "fail"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ 4 ]
+  }
+]
+parameters [
+  { key: "stable_version" value { string_value: "1" } },
+  { key: "canary_version" value { string_value: "2" } },
+  { key: "canary_weight" value { string_value: "10" } }
+]
+"""
 
 
 FAILING_CONFIG = """
@@ -871,6 +927,10 @@ def generate_tests(out):
     write_config(out, "failing", FAILING_CONFIG)
     write_model(out, "slow", build_slow())
     write_config(out, "slow", SLOW_CONFIG)
+    # A canary pair: version 1 never fails, version 2 fails whenever fail != 0.
+    write_model(out, "canary", build_steady(), version=1)
+    write_model(out, "canary", build_failing(), version=2)
+    write_config(out, "canary", CANARY_CONFIG)
 
 
 _MLP_CACHE = []

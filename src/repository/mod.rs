@@ -3,6 +3,7 @@
 //! `<root>/<model>/config.pbtxt`), the versions each model serves, and which
 //! of them are loaded, failed or unloaded.
 
+pub mod canary;
 pub mod config;
 mod scan;
 mod version;
@@ -16,12 +17,42 @@ use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
 use crate::runtime::Runtime;
 use crate::telemetry;
+use canary::Canary;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+/// An operator's instruction to a model's canary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryAction {
+    /// Send this share (0–100) of unpinned requests to the canary.
+    Weight(u32),
+    /// The canary becomes the stable version.
+    Promote,
+}
+
+/// What RepositoryIndex says of a ready version that is part of a canary.
+fn canary_note(canary: Option<&Canary>, version: i64) -> String {
+    match canary {
+        Some(c) if c.canary == version => match c.rolled_back() {
+            Some(reason) => format!("canary, weight 0: {reason}"),
+            None => format!("canary, weight {} (stable: version {})", c.weight(), c.stable),
+        },
+        Some(c) if c.stable == version => format!("stable (canary: version {}, weight {})", c.canary, c.weight()),
+        _ => String::new(),
+    }
+}
+
+/// The split's seed: fixed per model name, so a run is reproducible.
+fn canary_seed(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// What a loaded version was made from: its files and the config text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +90,11 @@ struct Serving {
 #[derive(Default)]
 struct ModelState {
     versions: BTreeMap<i64, VersionSlot>,
+    /// The canary split, when the config asks for one.
+    canary: Option<Arc<Canary>>,
+    /// The config text the canary came from: an unchanged config keeps the
+    /// canary as it runs (its weight after a rollback included).
+    canary_config: u64,
     /// Why the model as a whole could not load (bad config, no versions), or
     /// that it was unloaded.
     problem: Option<String>,
@@ -245,8 +281,78 @@ impl Repository {
                 state.versions.remove(&version);
                 tracing::info!(model = %name, version, "model version retired");
             }
+            if let Err(problem) = self.set_up_canary(&name, state, &config, &wanted, config_hash) {
+                tracing::error!(model = %name, %problem, "canary settings refused");
+                state.problem = Some(format!("canary settings refused: {problem}"));
+                first_failure.get_or_insert(problem);
+            }
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// Starts, keeps or ends a model's canary as its config says. A config
+    /// that did not change keeps the running canary (and its weight).
+    fn set_up_canary(
+        &self,
+        name: &str,
+        state: &mut ModelState,
+        config: &pb::ModelConfig,
+        served: &[i64],
+        config_hash: u64,
+    ) -> Result<(), String> {
+        if state.canary.is_some() && state.canary_config == config_hash {
+            return Ok(());
+        }
+        let plan = canary::plan(config, served);
+        if let Some(old) = state.canary.take() {
+            telemetry::set_canary_weight(name, old.canary, 0);
+        }
+        state.canary_config = config_hash;
+        let Some(plan) = plan? else { return Ok(()) };
+        tracing::info!(model = %name, stable = plan.stable, canary = plan.canary, weight = plan.weight, "canary");
+        telemetry::set_canary_weight(name, plan.canary, plan.weight);
+        state.canary = Some(Arc::new(Canary::new(plan, canary_seed(name))));
+        Ok(())
+    }
+
+    /// The running canary of a model, if it has one.
+    pub fn canary(&self, name: &str) -> Result<Option<Arc<Canary>>> {
+        let models = self.models.read();
+        let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        Ok(state.canary.clone())
+    }
+
+    /// Operator actions on a canary: `weight` sets its share (0 rolls it
+    /// back); `promote` makes it the stable version (the old stable version
+    /// becomes an idle canary at weight 0). Lasts until the config changes.
+    pub fn steer_canary(&self, name: &str, action: CanaryAction) -> Result<()> {
+        let mut models = self.models.write();
+        let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        let current = state.canary.clone().ok_or_else(|| {
+            Error::invalid(format!("model '{name}' has no canary (set canary_version in its config)"))
+        })?;
+        match action {
+            CanaryAction::Weight(weight) => {
+                if weight > 100 {
+                    return Err(Error::invalid(format!("canary weight {weight} is over 100")));
+                }
+                let reason = (weight == 0).then(|| "rolled back by the operator".to_string());
+                if weight == 0 && current.weight() > 0 {
+                    telemetry::record_canary_rollback(name, current.canary, "operator");
+                }
+                current.set_weight(weight as u8, reason);
+                telemetry::set_canary_weight(name, current.canary, weight as u8);
+                tracing::info!(model = %name, canary = current.canary, weight, "canary weight set by the operator");
+            }
+            CanaryAction::Promote => {
+                let plan = canary::Plan { stable: current.canary, canary: current.stable, weight: 0 };
+                telemetry::set_canary_weight(name, current.canary, 0);
+                telemetry::set_canary_weight(name, plan.canary, 0);
+                state.canary = Some(Arc::new(Canary::new(plan, canary_seed(name))));
+                tracing::info!(model = %name, stable = plan.stable, "canary promoted to stable");
+            }
+        }
+        Ok(())
     }
 
     /// Takes a model out of service. Requests already admitted finish on
@@ -261,10 +367,33 @@ impl Repository {
         Ok(())
     }
 
-    /// The version a request names, or the highest ready version.
+    /// The version a request names; else the stable version of a model with a
+    /// canary; else the highest ready version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>> {
+        self.route(name, version, false).map(|(v, _)| v)
+    }
+
+    /// `get` for an inference request: an unpinned request to a model with a
+    /// canary goes to the canary or the stable version by weight (to the
+    /// stable one whenever the pick is not serving). Also returns the canary,
+    /// to judge the answer.
+    fn route(&self, name: &str, version: &str, split: bool) -> Result<(Arc<ModelVersion>, Option<Arc<Canary>>)> {
         let models = self.models.read();
         let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+        let serving = |number: i64| state.versions.get(&number).and_then(|v| v.serving.as_ref()).map(|s| &s.version);
+        if version.is_empty()
+            && let Some(canary) = &state.canary
+        {
+            let pick = if split { canary.pick() } else { canary.stable };
+            if let Some(v) = serving(pick).or_else(|| serving(canary.stable)) {
+                return Ok((v.clone(), Some(canary.clone())));
+            }
+        }
+        let canary = state.canary.clone();
+        self.lookup(name, version, state).map(|v| (v, canary))
+    }
+
+    fn lookup(&self, name: &str, version: &str, state: &ModelState) -> Result<Arc<ModelVersion>> {
         if version.is_empty() {
             return state
                 .versions
@@ -333,16 +462,16 @@ impl Repository {
                         entries.push(entry(String::new(), "UNAVAILABLE", problem.clone()));
                     }
                     for (version, slot) in &state.versions {
-                        let failure = slot.failure.clone().unwrap_or_default();
-                        entries.push(match (&slot.serving, failure.is_empty()) {
-                            (Some(_), true) => entry(version.to_string(), "READY", String::new()),
-                            (Some(_), false) => entry(
-                                version.to_string(),
+                        let label = version.to_string();
+                        entries.push(match (&slot.serving, &slot.failure) {
+                            (Some(_), None) => entry(label, "READY", canary_note(state.canary.as_deref(), *version)),
+                            (Some(_), Some(failure)) => entry(
+                                label,
                                 "READY",
                                 format!("serving the files loaded before; the new ones failed to load: {failure}"),
                             ),
-                            (None, false) => entry(version.to_string(), "UNAVAILABLE", failure),
-                            (None, true) => entry(version.to_string(), "LOADING", String::new()),
+                            (None, Some(failure)) => entry(label, "UNAVAILABLE", failure.clone()),
+                            (None, None) => entry(label, "LOADING", String::new()),
                         });
                     }
                 }
@@ -367,8 +496,8 @@ impl Repository {
                 return Err(e);
             }
         };
-        let version = match self.get(&request.model_name, &request.model_version) {
-            Ok(v) => v,
+        let (version, canary) = match self.route(&request.model_name, &request.model_version, true) {
+            Ok(routed) => routed,
             Err(e) => {
                 telemetry::record_request(&request.model_name, &request.model_version, e.code(), started.elapsed());
                 return Err(e);
@@ -382,6 +511,15 @@ impl Repository {
         }
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
         version.metrics.record_request(code, elapsed);
+        if let Some(canary) = canary {
+            // The model's own failures count; the client's mistakes do not.
+            let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
+            if let Some(reason) = canary.record(version.version, failed, elapsed) {
+                tracing::warn!(model = %version.name, canary = canary.canary, %reason, "canary rolled back");
+                telemetry::record_canary_rollback(&version.name, canary.canary, "automatic");
+                telemetry::set_canary_weight(&version.name, canary.canary, 0);
+            }
+        }
         result
     }
 

@@ -35,6 +35,10 @@ pub const BREAKER_STATE: &str = "ferroserve_breaker_state";
 pub const BREAKER_TRANSITIONS_TOTAL: &str = "ferroserve_breaker_transitions_total";
 /// Model version loads by outcome ("ok" / "error").
 pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
+/// The share of unpinned requests (0–100) a model's canary version gets.
+pub const CANARY_WEIGHT: &str = "ferroserve_canary_weight";
+/// Canary rollbacks, by who rolled back ("automatic" / "operator").
+pub const CANARY_ROLLBACKS_TOTAL: &str = "ferroserve_canary_rollbacks_total";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
 
@@ -73,6 +77,8 @@ fn describe() {
     metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions, by the state entered");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
+    metrics::describe_gauge!(CANARY_WEIGHT, "Share of unpinned requests (0-100) sent to the canary version");
+    metrics::describe_counter!(CANARY_ROLLBACKS_TOTAL, "Canary rollbacks, by who rolled back");
 }
 
 /// Records one answered inference request.
@@ -175,6 +181,16 @@ pub fn record_load(model: &str, version: &str, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     metrics::counter!(MODEL_LOADS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => outcome)
         .increment(1);
+}
+
+pub fn set_canary_weight(model: &str, canary_version: i64, weight: u8) {
+    metrics::gauge!(CANARY_WEIGHT, "model" => model.to_string(), "version" => canary_version.to_string())
+        .set(f64::from(weight));
+}
+
+pub fn record_canary_rollback(model: &str, canary_version: i64, by: &'static str) {
+    let labels = [("model", model.to_string()), ("version", canary_version.to_string()), ("by", by.to_string())];
+    metrics::counter!(CANARY_ROLLBACKS_TOTAL, &labels).increment(1);
 }
 
 pub fn set_models_ready(count: usize) {

@@ -10,6 +10,7 @@ pub use codec::decode as decode_body;
 use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
+use crate::repository::CanaryAction;
 use crate::server::State;
 use crate::shutdown::Phases;
 use axum::Router;
@@ -49,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v2/repository/index", post(repository_index))
         .route("/v2/repository/models/{model}/load", post(load))
         .route("/v2/repository/models/{model}/unload", post(unload))
+        .route("/v2/repository/models/{model}/canary", get(canary_status).post(steer_canary))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), close_while_draining))
@@ -301,4 +303,50 @@ async fn unload(Shared(state): Shared<AppState>, Path(model): Path<String>, body
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => error_response(e),
     }
+}
+
+/// `GET /v2/repository/models/{m}/canary`: the canary as it runs.
+async fn canary_status(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
+    json_reply(canary_json(&state, &model))
+}
+
+fn canary_json(state: &State, model: &str) -> Result<Value> {
+    Ok(match state.repository.canary(model)? {
+        None => json!({ "model": model, "canary": null }),
+        Some(c) => json!({
+            "model": model,
+            "stable_version": c.stable.to_string(),
+            "canary_version": c.canary.to_string(),
+            "weight": c.weight(),
+            "rolled_back": c.rolled_back(),
+        }),
+    })
+}
+
+/// `POST /v2/repository/models/{m}/canary` with `{"weight": 0-100}`,
+/// `{"action": "rollback"}` (weight 0) or `{"action": "promote"}`; answers
+/// the canary as it now runs.
+async fn steer_canary(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+    let result = async {
+        let request = optional_json(&state, body).await?;
+        let action = match (request.get("action").and_then(Value::as_str), request.get("weight")) {
+            (Some("promote"), None) => CanaryAction::Promote,
+            (Some("rollback"), None) => CanaryAction::Weight(0),
+            (None, Some(weight)) => CanaryAction::Weight(
+                weight
+                    .as_u64()
+                    .and_then(|w| u32::try_from(w).ok())
+                    .ok_or_else(|| Error::invalid(format!("'weight' must be a whole number 0-100, got {weight}")))?,
+            ),
+            _ => {
+                return Err(Error::invalid(
+                    "send {\"weight\": 0-100}, {\"action\": \"rollback\"} or {\"action\": \"promote\"}",
+                ));
+            }
+        };
+        state.repository.steer_canary(&model, action)?;
+        canary_json(&state, &model)
+    }
+    .await;
+    json_reply(result)
 }
