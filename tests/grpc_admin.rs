@@ -295,14 +295,19 @@ async fn explicit_mode_loads_and_unloads_on_request() {
     let entries = index_of(&mut client, "wrong_dims").await;
     assert!(entries.iter().any(|e| e.1 == "UNAVAILABLE" && e.2.contains("17")), "{entries:?} (load said {error})");
     assert!(!model_ready(&mut client, "wrong_dims", "").await.unwrap());
-    let mut with_parameter = load("mlp");
-    with_parameter.parameters.insert(
-        "config".into(),
-        pb::ModelRepositoryParameter {
-            parameter_choice: Some(pb::model_repository_parameter::ParameterChoice::StringParam("{}".into())),
-        },
-    );
-    expect_error(client.repository_model_load(with_parameter).await, Code::Unimplemented, &["config"]);
+    let with_parameter = |key: &str, choice| {
+        let mut request = load("mlp");
+        let parameter = pb::ModelRepositoryParameter { parameter_choice: Some(choice) };
+        request.parameters.insert(key.into(), parameter);
+        request
+    };
+    use pb::model_repository_parameter::ParameterChoice;
+    let file = with_parameter("file:1/model.onnx", ParameterChoice::BytesParam(vec![1u8, 2].into()));
+    expect_error(client.repository_model_load(file).await, Code::Unimplemented, &["'file:1/model.onnx'", "config"]);
+    let not_a_string = with_parameter("config", ParameterChoice::BoolParam(true));
+    expect_error(client.repository_model_load(not_a_string).await, Code::InvalidArgument, &["'config'", "JSON"]);
+    let not_json = with_parameter("config", ParameterChoice::StringParam("{oops".into()));
+    expect_error(client.repository_model_load(not_json).await, Code::InvalidArgument, &["load request's config"]);
     let elsewhere = pb::RepositoryModelLoadRequest { repository_name: "elsewhere".into(), ..load("mlp") };
     expect_error(client.repository_model_load(elsewhere).await, Code::Unimplemented, &["elsewhere"]);
 

@@ -343,9 +343,18 @@ async fn explicit_mode_loads_and_unloads_on_request() {
     let reply = post(&server, "/v2/repository/models/garbage/load", "").await;
     reply.assert_status(400);
     assert!(reply.error().contains("failed to load 'garbage'"), "{}", reply.body);
-    let reply = post(&server, "/v2/repository/models/multiversion/load", r#"{"parameters": {"config": "{}"}}"#).await;
+    let reply =
+        post(&server, "/v2/repository/models/multiversion/load", r#"{"parameters": {"file:1/x": "AA=="}}"#).await;
     reply.assert_status(501);
-    assert!(reply.error().contains("'config'"), "{}", reply.body);
+    assert!(reply.error().contains("'file:1/x'"), "{}", reply.body);
+    let reply = post(
+        &server,
+        "/v2/repository/models/multiversion/load",
+        r#"{"parameters": {"config": "{\"max_batch_sise\": 2}"}}"#,
+    )
+    .await;
+    reply.assert_status(400);
+    assert!(reply.error().contains("max_batch_sise"), "{}", reply.body);
     let reply = post(&server, "/v2/repository/models/multiversion/load", "{oops").await;
     reply.assert_status(400);
     assert!(reply.error().contains("malformed JSON"), "{}", reply.body);

@@ -168,3 +168,63 @@ async fn requests_in_flight_on_a_retired_version_finish_on_it() {
         assert_eq!(finished.unwrap().into_inner().model_version, "1", "answered by the version it was sent to");
     }
 }
+
+#[tokio::test]
+async fn a_load_request_can_carry_the_config_and_a_plain_load_reads_the_file_again() {
+    let repo = repository();
+    let (_server, mut client) = start(repo.path()).await;
+    let config_of = |client: &mut GrpcClient| {
+        let mut client = client.clone();
+        async move {
+            let request = pb::ModelConfigRequest { name: "m".into(), version: String::new() };
+            client.model_config(request).await.unwrap().into_inner().config.unwrap()
+        }
+    };
+    let json = r#"{"name": "m", "max_batch_size": 2, "input": [{"name": "x", "data_type": "TYPE_FP32", "dims": [1]}]}"#;
+    let mut request = pb::RepositoryModelLoadRequest { model_name: "m".into(), ..Default::default() };
+    let parameter = pb::ModelRepositoryParameter {
+        parameter_choice: Some(pb::model_repository_parameter::ParameterChoice::StringParam(json.into())),
+    };
+    request.parameters.insert("config".into(), parameter);
+    client.repository_model_load(request).await.unwrap();
+    assert_eq!(config_of(&mut client).await.max_batch_size, 2);
+    assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 2.0));
+    load(&mut client).await.unwrap();
+    assert_eq!(config_of(&mut client).await.max_batch_size, 4, "config.pbtxt again");
+}
+
+#[tokio::test]
+async fn unloading_waits_for_the_requests_inside_and_refuses_new_ones() {
+    let repo = common::temp_repository(&[(&test_models(), "slow")]);
+    let server = Server::start(repo.path(), &["--model-control-mode", "explicit", "--load-model", "slow"]);
+    let mut client = server.grpc_client().await;
+    let slow = |spin: i64| {
+        raw_request(
+            "slow",
+            vec![
+                (input("x", "FP32", &[1, 1]), f32_bytes(&[1.0])),
+                (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
+            ],
+        )
+    };
+    let mut busy = client.clone();
+    let running = tokio::spawn(async move { busy.model_infer(slow(1_000_000)).await });
+    let mut behind = client.clone();
+    let queued = tokio::spawn(async move { behind.model_infer(slow(1_000_000)).await });
+    wait_for_queue_depth(&server, "slow", 1.0).await;
+
+    let request = pb::RepositoryModelUnloadRequest { model_name: "slow".into(), ..Default::default() };
+    let mut unloader = client.clone();
+    let unload = tokio::spawn(async move { unloader.repository_model_unload(request).await });
+    // Once the index says so, new work is refused while the admitted
+    // requests finish...
+    wait_for_index(&mut client, |models| models.iter().any(|m| m.name == "slow" && m.reason == "unloaded")).await;
+    expect_error(client.model_infer(slow(0)).await, Code::Unavailable, &["unloaded"]);
+    assert!(!unload.is_finished(), "the unload answers only once the requests inside are done");
+    // ...they all answer, and only then does the unload.
+    for call in [running, queued] {
+        let done = tokio::time::timeout(Duration::from_secs(60), call).await.expect("finished").unwrap();
+        assert_eq!(done.unwrap().into_inner().model_version, "1");
+    }
+    tokio::time::timeout(Duration::from_secs(10), unload).await.expect("unload answered").unwrap().unwrap();
+}

@@ -43,6 +43,19 @@ pub fn parse(text: &str) -> Result<pb::ModelConfig, String> {
     message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("config.pbtxt: {e}"))
 }
 
+/// Parses a config given as JSON (the `config` parameter of a load request,
+/// Triton's form: protobuf JSON, field names as in config.pbtxt or camelCase).
+pub fn parse_json(text: &str) -> Result<pb::ModelConfig, String> {
+    let descriptor = pb::descriptor_pool()
+        .get_message_by_name("inference.ModelConfig")
+        .expect("model_config.proto defines ModelConfig; this is a bug");
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
+        .map_err(|e| format!("the load request's config: {e}"))?;
+    deserializer.end().map_err(|e| format!("the load request's config: {e}"))?;
+    message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("the load request's config: {e}"))
+}
+
 /// Protobuf's own text parser accepts `input [ { ... } ]` (no colon before a
 /// list of messages), the form most Triton configs use; prost-reflect wants
 /// `input: [ ... ]`. Inserts the colon where a field name meets `[`, outside

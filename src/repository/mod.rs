@@ -25,6 +25,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+/// How long an unload waits for the model's requests to finish before it
+/// answers.
+const UNLOAD_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// An operator's instruction to a model's canary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CanaryAction {
@@ -191,6 +195,13 @@ impl Repository {
     /// retired the same way. A version whose new files fail to load keeps
     /// serving the old ones. Returns the first failure, if any.
     pub async fn load(self: &Arc<Self>, name: &str) -> Result<()> {
+        self.load_with(name, None).await
+    }
+
+    /// `load` with the config given as JSON instead of the model's
+    /// config.pbtxt (a load request's `config` parameter). A later load
+    /// without it reads config.pbtxt again.
+    pub async fn load_with(self: &Arc<Self>, name: &str, config_json: Option<String>) -> Result<()> {
         let dir = scan::model_dir(&self.root, name).map_err(Error::NotFound)?;
         let _one_at_a_time = self.loads.lock().await;
         {
@@ -202,7 +213,7 @@ impl Repository {
             }
         }
         let this = self.clone();
-        let outcome = tokio::task::spawn_blocking(move || this.reconcile(&dir))
+        let outcome = tokio::task::spawn_blocking(move || this.reconcile(&dir, config_json.as_deref()))
             .await
             .map_err(|e| Error::internal(format!("loading '{name}' panicked: {e}")))?;
         if let Some(state) = self.models.write().get_mut(name) {
@@ -213,7 +224,7 @@ impl Repository {
     }
 
     /// The blocking part of `load`. Errors name what failed.
-    fn reconcile(&self, dir: &std::path::Path) -> Result<(), String> {
+    fn reconcile(&self, dir: &std::path::Path, config_json: Option<&str>) -> Result<(), String> {
         let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let model_problem = |problem: String| {
             tracing::error!(model = %name, %problem, "model failed to load");
@@ -228,7 +239,11 @@ impl Repository {
             });
             Err(problem)
         };
-        let (config, explicit, config_hash) = match scan::read_config(dir) {
+        let read = match config_json {
+            Some(json) => config::parse_json(json).map(|c| (c, true, scan::hash(json))),
+            None => scan::read_config(dir),
+        };
+        let (config, explicit, config_hash) = match read {
             Ok(found) => found,
             Err(problem) => return model_problem(problem),
         };
@@ -355,15 +370,30 @@ impl Repository {
         Ok(())
     }
 
-    /// Takes a model out of service. Requests already admitted finish on
-    /// the version they hold; its instances exit once their queue drains.
-    pub fn unload(&self, name: &str) -> Result<()> {
-        let mut models = self.models.write();
-        let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        *state = ModelState { problem: Some("unloaded".into()), unloaded: true, ..Default::default() };
-        drop(models);
-        tracing::info!(model = %name, "model unloaded");
+    /// Takes a model out of service: new requests are refused at once;
+    /// requests already admitted finish on the version they hold, and the
+    /// call returns once they have (or after UNLOAD_DRAIN; they still finish
+    /// after that), when the versions' instances exit and free their memory.
+    pub async fn unload(&self, name: &str) -> Result<()> {
+        let draining: Vec<std::sync::Weak<ModelVersion>> = {
+            let mut models = self.models.write();
+            let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+            let old = std::mem::replace(
+                state,
+                ModelState { problem: Some("unloaded".into()), unloaded: true, ..Default::default() },
+            );
+            old.versions.into_values().filter_map(|v| v.serving).map(|s| Arc::downgrade(&s.version)).collect()
+        };
         self.publish_ready_count();
+        let deadline = Instant::now() + UNLOAD_DRAIN;
+        while draining.iter().any(|v| v.strong_count() > 0) {
+            if Instant::now() >= deadline {
+                tracing::warn!(model = %name, "unload: requests still running; they finish in the background");
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tracing::info!(model = %name, "model unloaded");
         Ok(())
     }
 

@@ -62,7 +62,7 @@ fn collect_files(dir: &Path, out: &mut Vec<(PathBuf, u64, Option<std::time::Syst
     }
 }
 
-fn hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
+pub fn hash<T: std::hash::Hash + ?Sized>(value: &T) -> u64 {
     use std::hash::Hasher;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     value.hash(&mut hasher);

@@ -17,7 +17,7 @@ use tower::Layer;
 use tower::util::MapResponseLayer;
 
 pub use health::HealthService;
-pub use service::{check_repository_name, decode_request, encode_response, explicit_mode};
+pub use service::{check_repository_name, decode_request, encode_response, explicit_mode, load_parameter_refused};
 
 /// tonic's own answers to a message it cannot take, and the protocol's code
 /// for each: a message over the decoding limit is OUT_OF_RANGE in tonic and

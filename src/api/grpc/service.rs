@@ -139,6 +139,15 @@ fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
     Instant::now().checked_add(timeout)
 }
 
+/// The answer to a load parameter other than a string `config`.
+pub fn load_parameter_refused(key: &str) -> Error {
+    if key == "config" {
+        Error::invalid("load parameter 'config' must be a string: the model config as JSON")
+    } else {
+        Error::Unimplemented(format!("load parameter '{key}' is not supported (only 'config', a JSON model config)"))
+    }
+}
+
 /// Requests of one ModelStreamInfer stream that may be in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
 
@@ -273,10 +282,16 @@ impl GrpcInferenceService for Inference {
         let r = request.into_inner();
         check_repository_name(&r.repository_name).map_err(grpc_status)?;
         self.explicit_mode().map_err(grpc_status)?;
-        if let Some(key) = r.parameters.keys().next() {
-            return Err(grpc_status(Error::Unimplemented(format!("load parameter '{key}' is not supported yet"))));
+        let mut config = None;
+        for (key, value) in r.parameters {
+            match value.parameter_choice {
+                Some(pb::model_repository_parameter::ParameterChoice::StringParam(json)) if key == "config" => {
+                    config = Some(json);
+                }
+                _ => return Err(grpc_status(load_parameter_refused(&key))),
+            }
         }
-        self.state.repository.load(&r.model_name).await.map_err(grpc_status)?;
+        self.state.repository.load_with(&r.model_name, config).await.map_err(grpc_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -287,7 +302,7 @@ impl GrpcInferenceService for Inference {
         let r = request.into_inner();
         check_repository_name(&r.repository_name).map_err(grpc_status)?;
         self.explicit_mode().map_err(grpc_status)?;
-        self.state.repository.unload(&r.model_name).map_err(grpc_status)?;
+        self.state.repository.unload(&r.model_name).await.map_err(grpc_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

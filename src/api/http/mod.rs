@@ -280,10 +280,14 @@ async fn load(Shared(state): Shared<AppState>, Path(model): Path<String>, body: 
     let result = async {
         let request = optional_json(&state, body).await?;
         grpc::explicit_mode(state.config.model_control_mode)?;
-        if let Some(key) = request.get("parameters").and_then(Value::as_object).and_then(|p| p.keys().next()) {
-            return Err(Error::Unimplemented(format!("load parameter '{key}' is not supported yet")));
+        let mut config = None;
+        for (key, value) in request.get("parameters").and_then(Value::as_object).into_iter().flatten() {
+            match value.as_str() {
+                Some(json) if key == "config" => config = Some(json.to_string()),
+                _ => return Err(grpc::load_parameter_refused(key)),
+            }
         }
-        state.repository.load(&model).await
+        state.repository.load_with(&model, config).await
     }
     .await;
     match result {
@@ -296,7 +300,7 @@ async fn unload(Shared(state): Shared<AppState>, Path(model): Path<String>, body
     let result = async {
         optional_json(&state, body).await?;
         grpc::explicit_mode(state.config.model_control_mode)?;
-        state.repository.unload(&model)
+        state.repository.unload(&model).await
     }
     .await;
     match result {
