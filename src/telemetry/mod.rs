@@ -37,6 +37,9 @@ pub const BREAKER_TRANSITIONS_TOTAL: &str = "ferroserve_breaker_transitions_tota
 pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
+/// Repository changes applied in poll mode, by model and action ("load" /
+/// "unload").
+pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
 
 /// Latency buckets from 50 µs to 10 s, roughly ×2 apart.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -73,6 +76,7 @@ fn describe() {
     metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions, by the state entered");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
+    metrics::describe_counter!(REPOSITORY_CHANGES_TOTAL, "Repository changes applied in poll mode, by action");
 }
 
 /// Records one answered inference request.
@@ -175,6 +179,11 @@ pub fn record_load(model: &str, version: &str, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     metrics::counter!(MODEL_LOADS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => outcome)
         .increment(1);
+}
+
+/// Counts one repository change applied in poll mode.
+pub fn record_repository_change(model: &str, action: &'static str) {
+    metrics::counter!(REPOSITORY_CHANGES_TOTAL, "model" => model.to_string(), "action" => action).increment(1);
 }
 
 pub fn set_models_ready(count: usize) {
