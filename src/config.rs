@@ -11,6 +11,9 @@ pub enum ControlMode {
     None,
     /// Load only --load-model models at start-up; RepositoryModelLoad/Unload manage the rest.
     Explicit,
+    /// Load every model at start-up, then watch the repository and apply
+    /// what changes on disk; load/unload requests are refused.
+    Poll,
 }
 
 #[derive(Debug, Clone, Parser)]
@@ -24,13 +27,32 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models")]
     pub model_repository: PathBuf,
 
-    /// How models get loaded: all at start-up (none) or on request (explicit).
+    /// How models get loaded: all at start-up (none), on request (explicit),
+    /// or all at start-up and then as the repository changes on disk (poll).
     #[arg(long, env = "FERROSERVE_MODEL_CONTROL_MODE", value_enum, default_value = "none")]
     pub model_control_mode: ControlMode,
 
     /// Models to load at start-up in explicit mode (repeatable; "*" loads all).
     #[arg(long = "load-model", env = "FERROSERVE_LOAD_MODEL", value_delimiter = ',')]
     pub load_model: Vec<String>,
+
+    /// Poll mode: seconds between full rescans of the repository. Changes
+    /// are noticed at once through filesystem events; the rescan catches
+    /// what events miss (and serves alone where the filesystem sends none).
+    #[arg(long, env = "FERROSERVE_REPOSITORY_POLL_SECS", default_value_t = 15, value_parser = positive_u64())]
+    pub repository_poll_secs: u64,
+
+    /// Poll mode: listen for filesystem events beside the rescan. Off leaves
+    /// the rescan alone (tests; filesystems whose events mislead).
+    #[arg(
+        long,
+        env = "FERROSERVE_WATCH_EVENTS",
+        hide = true,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub repository_watch_events: bool,
 
     /// Address the HTTP/REST front binds.
     #[arg(long, env = "FERROSERVE_HTTP_ADDRESS", default_value = "0.0.0.0")]

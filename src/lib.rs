@@ -21,3 +21,4 @@ pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tensor;
+pub mod watch;

@@ -7,6 +7,7 @@ use crate::infer::RequestLimits;
 use crate::repository::{LoadContext, Repository};
 use crate::runtime::{Runtime, locate_library};
 use crate::shutdown;
+use crate::watch::Watcher;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -59,11 +60,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let grpc_task = tokio::spawn(api::grpc::serve(grpc, state.clone(), phases.clone()));
     let http_task = tokio::spawn(api::http::serve(http, state.clone(), phases.clone()));
     let limits = api::listen::Limits::from(&config);
+    let watch_until = phases.accept_until.clone();
     let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, phases));
 
+    // Poll mode: the watch starts (events, baseline fingerprints) before the
+    // initial load, so a change made while models load is applied after it;
+    // it applies changes from the moment the server is ready until the
+    // shutdown signal (accept_until).
+    let watcher = match config.model_control_mode {
+        ControlMode::Poll => Some(Watcher::start(repository.clone(), &config).await),
+        ControlMode::None | ControlMode::Explicit => None,
+    };
     load_initial(&repository, &config).await;
     repository.set_ready(true);
     tracing::info!("ready");
+    let watch_task = watcher.map(|w| tokio::spawn(w.run(watch_until)));
 
     let signal = shutdown::signal().await;
     let exit_timeout = Duration::from_secs(config.exit_timeout_secs);
@@ -75,6 +86,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     //    UNAVAILABLE. Open connections stay up: closing them now would race
     //    with requests already on the wire.
     repository.begin_drain();
+    //    The repository watch stops too, once the change it may be
+    //    applying is done.
     let _ = stop_accepting.send(true);
     // 2. Queued and running requests finish, until shortly before the deadline.
     if !all_answered(&repository, deadline - grace).await {
@@ -90,6 +103,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let fronts = async {
         let _ = grpc_task.await;
         let _ = http_task.await;
+        if let Some(task) = watch_task {
+            let _ = task.await;
+        }
     };
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
@@ -123,7 +139,7 @@ async fn load_initial(repository: &Arc<Repository>, config: &Config) {
         }
     };
     let names: Vec<String> = match config.model_control_mode {
-        ControlMode::None => all,
+        ControlMode::None | ControlMode::Poll => all,
         ControlMode::Explicit if config.load_model.iter().any(|m| m == "*") => all,
         ControlMode::Explicit => config.load_model.clone(),
     };

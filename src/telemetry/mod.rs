@@ -41,6 +41,9 @@ pub const CANARY_WEIGHT: &str = "ferroserve_canary_weight";
 pub const CANARY_ROLLBACKS_TOTAL: &str = "ferroserve_canary_rollbacks_total";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
+/// Repository changes applied in poll mode, by model and action ("load" /
+/// "unload").
+pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
 
 /// Latency buckets from 50 µs to 10 s, roughly ×2 apart.
 pub const LATENCY_BUCKETS: &[f64] =
@@ -79,6 +82,7 @@ fn describe() {
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
     metrics::describe_gauge!(CANARY_WEIGHT, "Share of unpinned requests (0-100) sent to the canary version");
     metrics::describe_counter!(CANARY_ROLLBACKS_TOTAL, "Canary rollbacks, by who rolled back");
+    metrics::describe_counter!(REPOSITORY_CHANGES_TOTAL, "Repository changes applied in poll mode, by action");
 }
 
 /// Records one answered inference request.
@@ -191,6 +195,11 @@ pub fn set_canary_weight(model: &str, canary_version: i64, weight: u8) {
 pub fn record_canary_rollback(model: &str, canary_version: i64, by: &'static str) {
     let labels = [("model", model.to_string()), ("version", canary_version.to_string()), ("by", by.to_string())];
     metrics::counter!(CANARY_ROLLBACKS_TOTAL, &labels).increment(1);
+}
+
+/// Counts one repository change applied in poll mode.
+pub fn record_repository_change(model: &str, action: &'static str) {
+    metrics::counter!(REPOSITORY_CHANGES_TOTAL, "model" => model.to_string(), "action" => action).increment(1);
 }
 
 pub fn set_models_ready(count: usize) {

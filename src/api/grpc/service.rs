@@ -315,12 +315,14 @@ impl Inference {
 
 /// Load and unload requests are honoured only in explicit mode, as in Triton.
 pub fn explicit_mode(mode: ControlMode) -> Result<()> {
-    match mode {
-        ControlMode::Explicit => Ok(()),
-        ControlMode::None => Err(Error::Unavailable(
-            "explicit model load / unload is not allowed: start with --model-control-mode explicit".into(),
-        )),
-    }
+    let mode = match mode {
+        ControlMode::Explicit => return Ok(()),
+        ControlMode::None => "none",
+        ControlMode::Poll => "poll (the repository on disk decides what is loaded)",
+    };
+    Err(Error::Unavailable(format!(
+        "explicit model load / unload is not allowed in model control mode {mode}: start with --model-control-mode explicit"
+    )))
 }
 
 /// ferroserve serves one repository; naming another is an error.
