@@ -136,13 +136,16 @@ async fn a_file_that_fails_to_load_leaves_the_old_one_serving() {
     assert_eq!(index(&mut client).await, [("1".into(), "READY".into(), String::new())]);
 }
 
-#[tokio::test]
-async fn requests_in_flight_on_a_retired_version_finish_on_it() {
-    // "slow" version 1 spins for a while; version 2 (same file) replaces it.
+type Call = tokio::task::JoinHandle<Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>>;
+
+/// "slow" (one instance, explicit mode) with two long requests sent to
+/// version 1: one runs, the other waits in the queue. Also returns how to
+/// make a request spinning `spin` times.
+async fn busy_slow_model() -> (tempfile::TempDir, Server, GrpcClient, fn(i64) -> pb::ModelInferRequest, [Call; 2]) {
     let repo = common::temp_repository(&[(&test_models(), "slow")]);
     let server = Server::start(repo.path(), &["--model-control-mode", "explicit", "--load-model", "slow"]);
-    let mut client = server.grpc_client().await;
-    let slow = |spin: i64| {
+    let client = server.grpc_client().await;
+    fn slow(spin: i64) -> pb::ModelInferRequest {
         raw_request(
             "slow",
             vec![
@@ -150,13 +153,19 @@ async fn requests_in_flight_on_a_retired_version_finish_on_it() {
                 (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
             ],
         )
-    };
-    // Two long requests: one runs on the only instance, the other waits.
-    let mut busy = client.clone();
-    let running = tokio::spawn(async move { busy.model_infer(slow(1_000_000)).await });
-    let mut behind = client.clone();
-    let queued = tokio::spawn(async move { behind.model_infer(slow(1_000_000)).await });
+    }
+    let calls = [0, 1].map(|_| {
+        let mut client = client.clone();
+        tokio::spawn(async move { client.model_infer(slow(1_000_000)).await })
+    });
     wait_for_queue_depth(&server, "slow", 1.0).await;
+    (repo, server, client, slow, calls)
+}
+
+#[tokio::test]
+async fn requests_in_flight_on_a_retired_version_finish_on_it() {
+    // Version 2 (the same file) replaces version 1 while it is busy.
+    let (repo, _server, mut client, slow, [running, queued]) = busy_slow_model().await;
     common::copy_dir(&repo.path().join("slow/1"), &repo.path().join("slow/2"));
     let request = pb::RepositoryModelLoadRequest { model_name: "slow".into(), ..Default::default() };
     client.repository_model_load(request).await.unwrap();
@@ -195,24 +204,7 @@ async fn a_load_request_can_carry_the_config_and_a_plain_load_reads_the_file_aga
 
 #[tokio::test]
 async fn unloading_waits_for_the_requests_inside_and_refuses_new_ones() {
-    let repo = common::temp_repository(&[(&test_models(), "slow")]);
-    let server = Server::start(repo.path(), &["--model-control-mode", "explicit", "--load-model", "slow"]);
-    let mut client = server.grpc_client().await;
-    let slow = |spin: i64| {
-        raw_request(
-            "slow",
-            vec![
-                (input("x", "FP32", &[1, 1]), f32_bytes(&[1.0])),
-                (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
-            ],
-        )
-    };
-    let mut busy = client.clone();
-    let running = tokio::spawn(async move { busy.model_infer(slow(1_000_000)).await });
-    let mut behind = client.clone();
-    let queued = tokio::spawn(async move { behind.model_infer(slow(1_000_000)).await });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
-
+    let (_repo, _server, mut client, slow, [running, queued]) = busy_slow_model().await;
     let request = pb::RepositoryModelUnloadRequest { model_name: "slow".into(), ..Default::default() };
     let mut unloader = client.clone();
     let unload = tokio::spawn(async move { unloader.repository_model_unload(request).await });
