@@ -752,27 +752,9 @@ CANARY_CONFIG = """
 # stable 1, canary 2 at weight 10 (tests and scenarios edit these).
 name: "canary"
 platform: "onnxruntime_onnx"
+# Inputs and outputs come from the graph (the failing model's).
 max_batch_size: 8
 version_policy { all { } }
-input [
-  {
-    name: "x"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  },
-  {
-    name: "fail"
-    data_type: TYPE_INT64
-    dims: [ 1 ]
-  }
-]
-output [
-  {
-    name: "y"
-    data_type: TYPE_FP32
-    dims: [ 4 ]
-  }
-]
 parameters [
   { key: "stable_version" value { string_value: "1" } },
   { key: "canary_version" value { string_value: "2" } },
