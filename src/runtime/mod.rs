@@ -7,6 +7,23 @@ mod session;
 mod strings;
 
 pub use library::locate_library;
+
+/// Hands memory freed by ONNX Runtime (a retired model version) back to the
+/// operating system. ONNX Runtime allocates through the C library, whose
+/// per-thread arenas keep freed memory; without this, resident memory creeps
+/// up as versions come and go.
+pub fn return_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free pages; no live allocation is touched.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
+}
 pub use session::{RunInput, Session};
 
 use anyhow::Context;

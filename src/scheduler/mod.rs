@@ -47,6 +47,8 @@ struct Shared {
     labels: Labels,
     stats: Arc<VersionStats>,
     metrics: VersionMetrics,
+    /// Instance threads still running; the last to exit returns the memory.
+    live_workers: std::sync::atomic::AtomicUsize,
 }
 
 struct Queue {
@@ -76,6 +78,7 @@ impl Scheduler {
             labels: labels.clone(),
             stats,
             metrics,
+            live_workers: std::sync::atomic::AtomicUsize::new(sessions.len()),
         });
         for (index, session) in sessions.into_iter().enumerate() {
             let worker = worker::Worker { shared: shared.clone(), session, batching };

@@ -27,6 +27,13 @@ impl Worker {
                 self.execute(jobs);
             }
         }
+        // The version is retired and its queue is empty: free the session,
+        // and once every instance has, hand the memory back.
+        let Worker { shared, session, .. } = self;
+        drop(session);
+        if shared.live_workers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            crate::runtime::return_freed_memory();
+        }
     }
 
     /// Blocks until a batch may run; None once the queue is closed and empty.
