@@ -5,6 +5,7 @@
 #   deploy/setup.sh ort     ONNX Runtime shared library (enough to serve)
 #   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient)
 #                           + perf_analyzer extracted from the tritonclient wheel
+#                           + promtool (Debian's prometheus package)
 set -euo pipefail
 
 ORT_VERSION=1.31.1
@@ -83,8 +84,19 @@ fetch_perf_analyzer() {
   rm -rf "$tmp"
 }
 
+# promtool checks and unit-tests deploy/prometheus/ (tests/python/
+# test_prometheus_rules.py); Debian ships it in the prometheus package.
+fetch_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
+  echo "setup: installing promtool (Debian prometheus)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1) || \
+    (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
+}
+
 case "$what" in
   ort) fetch_ort ;;
-  test) fetch_ort; fetch_venv; fetch_perf_analyzer ;;
+  test) fetch_ort; fetch_venv; fetch_perf_analyzer; fetch_promtool ;;
   *) echo "usage: deploy/setup.sh [ort|test]" >&2; exit 2 ;;
 esac

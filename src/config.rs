@@ -132,6 +132,24 @@ pub struct Config {
     /// (HTTP: 408), so stalled clients cannot hold connections for ever.
     #[arg(long, env = "FERROSERVE_REQUEST_READ_TIMEOUT_SECS", default_value_t = 30, value_parser = positive_u64())]
     pub request_read_timeout_secs: u64,
+
+    /// Latency SLO threshold in seconds for models whose config does not set
+    /// `slo_latency_seconds`; must be a histogram bucket boundary.
+    #[arg(long, env = "FERROSERVE_SLO_LATENCY_SECONDS", default_value_t = 0.025)]
+    pub slo_latency_seconds: f64,
+
+    /// Share of requests that must finish within the latency threshold.
+    #[arg(long, env = "FERROSERVE_SLO_LATENCY_OBJECTIVE", default_value_t = 0.99)]
+    pub slo_latency_objective: f64,
+
+    /// Share of requests the server must not fail (internal, unavailable,
+    /// deadline exceeded, overloaded).
+    #[arg(long, env = "FERROSERVE_SLO_AVAILABILITY_OBJECTIVE", default_value_t = 0.999)]
+    pub slo_availability_objective: f64,
+
+    /// The error-budget period, in days.
+    #[arg(long, env = "FERROSERVE_SLO_PERIOD_DAYS", default_value_t = 30, value_parser = positive_u64())]
+    pub slo_period_days: u64,
 }
 
 fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {

@@ -7,6 +7,7 @@ use crate::infer::RequestLimits;
 use crate::repository::{LoadContext, Repository};
 use crate::runtime::{Runtime, locate_library};
 use crate::shutdown;
+use crate::telemetry::slo::SloConfig;
 use crate::watch::Watcher;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -29,6 +30,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if !config.model_repository.is_dir() {
         anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
     }
+    let default_slo = SloConfig {
+        latency_threshold: config.slo_latency_seconds,
+        latency_objective: config.slo_latency_objective,
+        availability_objective: config.slo_availability_objective,
+        period: Duration::from_secs(config.slo_period_days * 86_400),
+    };
+    default_slo.validate(crate::telemetry::LATENCY_BUCKETS).map_err(|e| anyhow::anyhow!("--slo-*: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let repository = Arc::new(Repository::new(
         config.model_repository.clone(),
@@ -38,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             max_in_flight: config.max_inflight,
             limits: RequestLimits { max_inputs: config.max_inputs, max_tensor_elements: config.max_tensor_elements },
             adaptive_concurrency: config.adaptive_concurrency,
+            slo: default_slo,
         },
         config.strict_readiness,
     ));
@@ -74,6 +83,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     load_initial(&repository, &config).await;
     repository.set_ready(true);
     tracing::info!("ready");
+    // Burn rates move with time: the SLO gauges are refreshed on a timer.
+    let slo_task = tokio::spawn({
+        let repository = repository.clone();
+        async move {
+            let mut every = tokio::time::interval(SLO_REFRESH);
+            loop {
+                every.tick().await;
+                repository.publish_slos();
+            }
+        }
+    });
     let watch_task = watcher.map(|w| tokio::spawn(w.run(watch_until)));
 
     let signal = shutdown::signal().await;
@@ -109,9 +129,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
+    slo_task.abort();
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How often the SLO gauges are recomputed.
+const SLO_REFRESH: Duration = Duration::from_secs(5);
 
 /// Waits until no inference request is inside the server, or `until`;
 /// returns whether they all were answered.

@@ -22,11 +22,32 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub struct ServerCap {
     permits: Arc<Semaphore>,
     max: usize,
+    /// `ferroserve_server_inflight_requests`, kept current on entry and exit.
+    gauge: metrics::Gauge,
+}
+
+/// A request's place inside the server; leaving updates the gauge.
+pub struct ServerPermit {
+    _permit: OwnedSemaphorePermit,
+    permits: Arc<Semaphore>,
+    max: usize,
+    gauge: metrics::Gauge,
+}
+
+impl Drop for ServerPermit {
+    fn drop(&mut self) {
+        // The permit itself is released after this runs: count it as gone.
+        let inside = self.max - self.permits.available_permits() - 1;
+        self.gauge.set(inside as f64);
+    }
 }
 
 impl ServerCap {
     pub fn new(max: usize) -> Self {
-        ServerCap { permits: Arc::new(Semaphore::new(max.max(1))), max: max.max(1) }
+        let max = max.max(1);
+        let gauge = metrics::gauge!(telemetry::SERVER_IN_FLIGHT);
+        gauge.set(0.0);
+        ServerCap { permits: Arc::new(Semaphore::new(max)), max, gauge }
     }
 
     /// Requests inside now (shutdown waits for this to reach zero).
@@ -34,12 +55,16 @@ impl ServerCap {
         self.max - self.permits.available_permits()
     }
 
-    /// A permit held until the request is answered, or a refusal.
-    pub fn try_enter(&self, model: &str) -> Result<OwnedSemaphorePermit> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            telemetry::record_shed(model, "", "server_inflight");
-            Error::Overloaded(format!("the server has {} requests in flight, its limit", self.max))
-        })
+    /// A permit held until the request is answered, or a refusal (the
+    /// caller counts it as shed, reason `server_inflight`).
+    pub fn try_enter(&self) -> Result<ServerPermit> {
+        let permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::Overloaded(format!("the server has {} requests in flight, its limit", self.max)))?;
+        self.gauge.set(self.in_flight() as f64);
+        Ok(ServerPermit { _permit: permit, permits: self.permits.clone(), max: self.max, gauge: self.gauge.clone() })
     }
 }
 

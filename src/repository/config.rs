@@ -24,6 +24,9 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "stable_version",
     "canary_version",
     "canary_weight",
+    "slo_latency_seconds",
+    "slo_latency_objective",
+    "slo_availability_objective",
     "breaker_consecutive_failures",
     "breaker_open_ms",
     "breaker_slow_call_ms",
@@ -399,7 +402,11 @@ fn check_parameters(config: &pb::ModelConfig) -> Result<(), String> {
         if !KNOWN_PARAMETERS.contains(&key.as_str()) {
             return Err(format!("unknown parameter '{key}'; known parameters: {}", KNOWN_PARAMETERS.join(", ")));
         }
-        if value.string_value.parse::<usize>().is_err() {
+        if key.starts_with("slo_") {
+            if value.string_value.parse::<f64>().is_err() {
+                return Err(format!("parameter '{key}' must be a number, got '{}'", value.string_value));
+            }
+        } else if value.string_value.parse::<usize>().is_err() {
             return Err(format!("parameter '{key}' must be a whole number, got '{}'", value.string_value));
         }
     }
@@ -408,6 +415,11 @@ fn check_parameters(config: &pb::ModelConfig) -> Result<(), String> {
 
 /// A whole-number parameter from `parameters`, if set.
 pub fn parameter(config: &pb::ModelConfig, key: &str) -> Option<usize> {
+    config.parameters.get(key).and_then(|p| p.string_value.parse().ok())
+}
+
+/// A decimal parameter (the `slo_*` keys), if set.
+pub fn decimal_parameter(config: &pb::ModelConfig, key: &str) -> Option<f64> {
     config.parameters.get(key).and_then(|p| p.string_value.parse().ok())
 }
 

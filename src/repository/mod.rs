@@ -17,6 +17,7 @@ use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
 use crate::runtime::Runtime;
 use crate::telemetry;
+use crate::telemetry::slo::{SloConfig, SloTracker};
 use canary::Canary;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ use std::time::Instant;
 /// How long an unload waits for the model's requests to finish before it
 /// answers.
 const UNLOAD_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Where a request goes: the version, and the model's canary and SLOs.
+type Routed = (Arc<ModelVersion>, Option<Arc<Canary>>, Option<Arc<SloTracker>>);
 
 /// An operator's instruction to a model's canary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +103,8 @@ struct ModelState {
     /// The config text the canary came from: an unchanged config keeps the
     /// canary as it runs (its weight after a rollback included).
     canary_config: u64,
+    /// The model's SLO bookkeeping; it survives reloads and unloads.
+    slo: Option<Arc<SloTracker>>,
     /// Why the model as a whole could not load (bad config, no versions), or
     /// that it was unloaded.
     problem: Option<String>,
@@ -209,7 +215,7 @@ impl Repository {
             let state = models.entry(name.to_string()).or_default();
             state.loading = true;
             if state.unloaded {
-                *state = ModelState { loading: true, ..Default::default() };
+                *state = ModelState { loading: true, slo: state.slo.take(), ..Default::default() };
             }
         }
         let this = self.clone();
@@ -220,6 +226,7 @@ impl Repository {
             state.loading = false;
         }
         self.publish_ready_count();
+        self.publish_slos();
         outcome.map_err(|problem| Error::invalid(format!("failed to load '{name}': {problem}")))
     }
 
@@ -296,6 +303,11 @@ impl Repository {
                 state.versions.remove(&version);
                 tracing::info!(model = %name, version, "model version retired");
             }
+            if let Err(problem) = self.set_up_slo(state, &config) {
+                tracing::error!(model = %name, %problem, "SLO settings refused; the server's defaults apply");
+                state.problem = Some(format!("SLO settings refused: {problem}"));
+                first_failure.get_or_insert(problem);
+            }
             if let Err(problem) = self.set_up_canary(&name, state, &config, &wanted, config_hash) {
                 tracing::error!(model = %name, %problem, "canary settings refused");
                 state.problem = Some(format!("canary settings refused: {problem}"));
@@ -303,6 +315,39 @@ impl Repository {
             }
         }
         first_failure.map_or(Ok(()), Err)
+    }
+
+    /// The model's SLOs from its `slo_*` parameters over the server's
+    /// defaults; refused (the defaults apply) unless valid.
+    fn set_up_slo(&self, state: &mut ModelState, config: &pb::ModelConfig) -> Result<(), String> {
+        let defaults = self.context.slo;
+        let wanted = SloConfig {
+            latency_threshold: config::decimal_parameter(config, "slo_latency_seconds")
+                .unwrap_or(defaults.latency_threshold),
+            latency_objective: config::decimal_parameter(config, "slo_latency_objective")
+                .unwrap_or(defaults.latency_objective),
+            availability_objective: config::decimal_parameter(config, "slo_availability_objective")
+                .unwrap_or(defaults.availability_objective),
+            ..defaults
+        };
+        let checked = wanted.validate(telemetry::LATENCY_BUCKETS);
+        let slo = if checked.is_ok() { wanted } else { defaults };
+        match &state.slo {
+            Some(tracker) => tracker.set_config(slo),
+            None => state.slo = Some(Arc::new(SloTracker::new(slo, Instant::now()))),
+        }
+        checked
+    }
+
+    /// Exports every model's SLO gauges (burn rates move with time, so this
+    /// runs on a timer as well as after loads).
+    pub fn publish_slos(&self) {
+        let now = Instant::now();
+        let trackers: Vec<(String, Arc<SloTracker>)> =
+            self.models.read().iter().filter_map(|(name, s)| Some((name.clone(), s.slo.clone()?))).collect();
+        for (name, tracker) in trackers {
+            telemetry::publish_slo(&name, &tracker.config(), &tracker.report(now));
+        }
     }
 
     /// Starts, keeps or ends a model's canary as its config says. A config
@@ -378,9 +423,10 @@ impl Repository {
         let draining: Vec<std::sync::Weak<ModelVersion>> = {
             let mut models = self.models.write();
             let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
+            let slo = state.slo.clone();
             let old = std::mem::replace(
                 state,
-                ModelState { problem: Some("unloaded".into()), unloaded: true, ..Default::default() },
+                ModelState { problem: Some("unloaded".into()), unloaded: true, slo, ..Default::default() },
             );
             old.versions.into_values().filter_map(|v| v.serving).map(|s| Arc::downgrade(&s.version)).collect()
         };
@@ -400,14 +446,14 @@ impl Repository {
     /// The version a request names; else the stable version of a model with a
     /// canary; else the highest ready version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>> {
-        self.route(name, version, false).map(|(v, _)| v)
+        self.route(name, version, false).map(|(v, ..)| v)
     }
 
     /// `get` for an inference request: an unpinned request to a model with a
     /// canary goes to the canary or the stable version by weight (to the
     /// stable one whenever the pick is not serving). Also returns the canary,
     /// to judge the answer.
-    fn route(&self, name: &str, version: &str, split: bool) -> Result<(Arc<ModelVersion>, Option<Arc<Canary>>)> {
+    fn route(&self, name: &str, version: &str, split: bool) -> Result<Routed> {
         let models = self.models.read();
         let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
         let serving = |number: i64| state.versions.get(&number).and_then(|v| v.serving.as_ref()).map(|s| &s.version);
@@ -416,11 +462,10 @@ impl Repository {
         {
             let pick = if split { canary.pick() } else { canary.stable };
             if let Some(v) = serving(pick).or_else(|| serving(canary.stable)) {
-                return Ok((v.clone(), Some(canary.clone())));
+                return Ok((v.clone(), Some(canary.clone()), state.slo.clone()));
             }
         }
-        let canary = state.canary.clone();
-        self.lookup(name, version, state).map(|v| (v, canary))
+        self.lookup(name, version, state).map(|v| (v, state.canary.clone(), state.slo.clone()))
     }
 
     fn lookup(&self, name: &str, version: &str, state: &ModelState) -> Result<Arc<ModelVersion>> {
@@ -513,25 +558,21 @@ impl Repository {
         entries
     }
 
-    /// Runs one inference and records its outcome in metrics and statistics.
+    /// Runs one inference and records its outcome in metrics, statistics
+    /// and the model's SLOs.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         if self.draining.load(Ordering::Relaxed) {
             return Err(Error::Unavailable("the server is shutting down".into()));
         }
-        let _in_flight = match self.cap.try_enter(&request.model_name) {
+        let _in_flight = match self.cap.try_enter() {
             Ok(permit) => permit,
-            Err(e) => {
-                telemetry::record_request(&request.model_name, &request.model_version, e.code(), started.elapsed());
-                return Err(e);
-            }
+            Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
-        let (version, canary) = match self.route(&request.model_name, &request.model_version, true) {
+        let routed = self.route(&request.model_name, &request.model_version, true);
+        let (version, canary, slo) = match routed {
             Ok(routed) => routed,
-            Err(e) => {
-                telemetry::record_request(&request.model_name, &request.model_version, e.code(), started.elapsed());
-                return Err(e);
-            }
+            Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
         let result = version.infer(request).await;
         let elapsed = started.elapsed();
@@ -541,6 +582,9 @@ impl Repository {
         }
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
         version.metrics.record_request(code, elapsed);
+        if let Some(slo) = slo {
+            slo.record(Instant::now(), elapsed, code);
+        }
         if let Some(canary) = canary {
             // The model's own failures count; the client's mistakes do not.
             let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
@@ -551,6 +595,23 @@ impl Repository {
             }
         }
         result
+    }
+
+    /// Counts a request refused before it reached a version. Metric labels
+    /// name only models the repository knows (and no version), so clients
+    /// cannot grow the series without bound with made-up names.
+    fn refused(&self, model: &str, error: Error, started: Instant) -> Error {
+        let elapsed = started.elapsed();
+        let slo = self.models.read().get(model).and_then(|s| s.slo.clone());
+        let label = if slo.is_some() { model } else { "" };
+        if matches!(error, Error::Overloaded(_)) {
+            telemetry::record_shed(label, "", "server_inflight");
+        }
+        telemetry::record_request(label, "", error.code(), elapsed);
+        if let Some(slo) = slo {
+            slo.record(Instant::now(), elapsed, error.code());
+        }
+        error
     }
 
     fn publish_ready_count(&self) {

@@ -13,6 +13,7 @@ use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
 use crate::scheduler::policy::Policy;
 use crate::scheduler::{Labels, Scheduler};
+use crate::telemetry::slo::SloConfig;
 use crate::telemetry::{VersionMetrics, VersionStats};
 use crate::tensor::{Tensor, shape_matches};
 use std::collections::hash_map::DefaultHasher;
@@ -145,6 +146,8 @@ pub struct LoadContext {
     /// The adaptive concurrency limit for models whose config does not say
     /// (--adaptive-concurrency).
     pub adaptive_concurrency: bool,
+    /// The SLOs of models whose config sets none (--slo-*).
+    pub slo: SloConfig,
 }
 
 impl ModelVersion {

@@ -3,6 +3,7 @@
 //! Conventions: base unit seconds, `_total` counters, labels `model`,
 //! `version`, `code` only (bounded cardinality).
 
+pub mod slo;
 mod stats;
 
 pub use stats::{BatchTally, ComputeTimes, Tally, VersionStats};
@@ -41,6 +42,16 @@ pub const CANARY_WEIGHT: &str = "ferroserve_canary_weight";
 pub const CANARY_ROLLBACKS_TOTAL: &str = "ferroserve_canary_rollbacks_total";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
+/// Inference requests inside the whole server (admitted, not yet answered).
+pub const SERVER_IN_FLIGHT: &str = "ferroserve_server_inflight_requests";
+/// A model's SLO objectives (ratios), by SLI ("latency" / "availability").
+pub const SLO_OBJECTIVE: &str = "ferroserve_slo_objective";
+/// A model's latency SLO threshold, seconds.
+pub const SLO_LATENCY_THRESHOLD: &str = "ferroserve_slo_latency_threshold_seconds";
+/// Error-budget burn rate by SLI and window (5m, 30m, 1h, 6h).
+pub const SLO_BURN_RATE: &str = "ferroserve_slo_burn_rate";
+/// Error budget left over the SLO period, by SLI (1 whole, 0 spent, < 0 overspent).
+pub const SLO_BUDGET_REMAINING: &str = "ferroserve_slo_error_budget_remaining";
 /// Repository changes applied in poll mode, by model and action ("load" /
 /// "unload").
 pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
@@ -82,6 +93,11 @@ fn describe() {
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
     metrics::describe_gauge!(CANARY_WEIGHT, "Share of unpinned requests (0-100) sent to the canary version");
     metrics::describe_counter!(CANARY_ROLLBACKS_TOTAL, "Canary rollbacks, by who rolled back");
+    metrics::describe_gauge!(SERVER_IN_FLIGHT, "Inference requests inside the server");
+    metrics::describe_gauge!(SLO_OBJECTIVE, "SLO objective per model and SLI, a ratio");
+    metrics::describe_gauge!(SLO_LATENCY_THRESHOLD, "Latency SLO threshold per model, seconds");
+    metrics::describe_gauge!(SLO_BURN_RATE, "Error-budget burn rate per model, SLI and window");
+    metrics::describe_gauge!(SLO_BUDGET_REMAINING, "Error budget left over the SLO period per model and SLI");
     metrics::describe_counter!(REPOSITORY_CHANGES_TOTAL, "Repository changes applied in poll mode, by action");
 }
 
@@ -200,6 +216,20 @@ pub fn record_canary_rollback(model: &str, canary_version: i64, by: &'static str
 /// Counts one repository change applied in poll mode.
 pub fn record_repository_change(model: &str, action: &'static str) {
     metrics::counter!(REPOSITORY_CHANGES_TOTAL, "model" => model.to_string(), "action" => action).increment(1);
+}
+
+/// Exports one model's objectives, burn rates and budgets.
+pub fn publish_slo(model: &str, config: &slo::SloConfig, report: &slo::SloReport) {
+    let m = || model.to_string();
+    metrics::gauge!(SLO_OBJECTIVE, "model" => m(), "slo" => "latency").set(config.latency_objective);
+    metrics::gauge!(SLO_OBJECTIVE, "model" => m(), "slo" => "availability").set(config.availability_objective);
+    metrics::gauge!(SLO_LATENCY_THRESHOLD, "model" => m()).set(config.latency_threshold);
+    for &(window, latency, availability) in &report.burn {
+        metrics::gauge!(SLO_BURN_RATE, "model" => m(), "slo" => "latency", "window" => window).set(latency);
+        metrics::gauge!(SLO_BURN_RATE, "model" => m(), "slo" => "availability", "window" => window).set(availability);
+    }
+    metrics::gauge!(SLO_BUDGET_REMAINING, "model" => m(), "slo" => "latency").set(report.budget.0);
+    metrics::gauge!(SLO_BUDGET_REMAINING, "model" => m(), "slo" => "availability").set(report.budget.1);
 }
 
 pub fn set_models_ready(count: usize) {
