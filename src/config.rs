@@ -147,6 +147,11 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_SLO_AVAILABILITY_OBJECTIVE", default_value_t = 0.999)]
     pub slo_availability_objective: f64,
 
+    /// Latency histogram bucket boundaries in seconds, ascending
+    /// (request, queue and compute durations); SLO thresholds must be one of them.
+    #[arg(long, env = "FERROSERVE_LATENCY_BUCKETS", value_delimiter = ',', default_values_t = crate::telemetry::LATENCY_BUCKETS.to_vec())]
+    pub latency_buckets: Vec<f64>,
+
     /// The error-budget period, in days.
     #[arg(long, env = "FERROSERVE_SLO_PERIOD_DAYS", default_value_t = 30, value_parser = positive_u64())]
     pub slo_period_days: u64,

@@ -26,7 +26,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let library = locate_library(config.onnxruntime_library.as_deref()).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::init(&library)?;
     tracing::info!(library = %library.display(), "ONNX Runtime loaded");
-    let metrics = crate::telemetry::install()?;
+    if config.latency_buckets.is_empty() || config.latency_buckets.windows(2).any(|w| w[0] >= w[1]) {
+        anyhow::bail!("--latency-buckets must be ascending seconds, got {:?}", config.latency_buckets);
+    }
+    let metrics = crate::telemetry::install(&config.latency_buckets)?;
     if !config.model_repository.is_dir() {
         anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
     }
@@ -36,7 +39,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         availability_objective: config.slo_availability_objective,
         period: Duration::from_secs(config.slo_period_days * 86_400),
     };
-    default_slo.validate(crate::telemetry::LATENCY_BUCKETS).map_err(|e| anyhow::anyhow!("--slo-*: {e}"))?;
+    default_slo.validate(&config.latency_buckets).map_err(|e| anyhow::anyhow!("--slo-*: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let repository = Arc::new(Repository::new(
         config.model_repository.clone(),
@@ -47,6 +50,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             limits: RequestLimits { max_inputs: config.max_inputs, max_tensor_elements: config.max_tensor_elements },
             adaptive_concurrency: config.adaptive_concurrency,
             slo: default_slo,
+            // Read by every load for the life of the process.
+            latency_buckets: Vec::leak(config.latency_buckets.clone()),
         },
         config.strict_readiness,
     ));

@@ -330,7 +330,7 @@ impl Repository {
                 .unwrap_or(defaults.availability_objective),
             ..defaults
         };
-        let checked = wanted.validate(telemetry::LATENCY_BUCKETS);
+        let checked = wanted.validate(self.context.latency_buckets);
         let slo = if checked.is_ok() { wanted } else { defaults };
         match &state.slo {
             Some(tracker) => tracker.set_config(slo),

@@ -148,6 +148,8 @@ pub struct LoadContext {
     pub adaptive_concurrency: bool,
     /// The SLOs of models whose config sets none (--slo-*).
     pub slo: SloConfig,
+    /// The latency histogram's bucket boundaries (--latency-buckets).
+    pub latency_buckets: &'static [f64],
 }
 
 impl ModelVersion {

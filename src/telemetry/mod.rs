@@ -56,17 +56,19 @@ pub const SLO_BUDGET_REMAINING: &str = "ferroserve_slo_error_budget_remaining";
 /// "unload").
 pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
 
-/// Latency buckets from 50 µs to 10 s, roughly ×2 apart.
+/// Latency buckets from 50 µs to 10 s, roughly ×2 apart (the default of
+/// `--latency-buckets`).
 pub const LATENCY_BUCKETS: &[f64] =
     &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Batch-size buckets: powers of two up to 1024.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
 
-/// Installs the global Prometheus recorder; the handle renders /metrics.
-pub fn install() -> anyhow::Result<PrometheusHandle> {
+/// Installs the global Prometheus recorder with these latency buckets
+/// (`--latency-buckets`); the handle renders /metrics.
+pub fn install(latency_buckets: &[f64]) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), latency_buckets)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
