@@ -5,6 +5,7 @@ It serves a temporary model repository holding the four shipped models plus
 tests/models/identity_all, on OS-chosen ports bound to 127.0.0.1.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -69,20 +70,15 @@ def _stop(proc: subprocess.Popen):
         proc.wait(timeout=10)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Server:
+@contextlib.contextmanager
+def running_server(repo: Path, *flags: str):
+    """ferroserve on `repo` (plus `flags`) on free 127.0.0.1 ports, ready;
+    stopped when the block ends."""
     binary = _server_binary()
     if not binary.exists():
         pytest.fail(
             f"ferroserve binary not found at {binary}: run `cargo build` or set FERROSERVE_BIN"
         )
-
-    repo = tmp_path_factory.mktemp("model_repository")
-    for name in SHIPPED_MODELS:
-        shutil.copytree(REPO_ROOT / "models" / name, repo / name)
-    for name in TEST_MODELS:
-        shutil.copytree(REPO_ROOT / "tests" / "models" / name, repo / name)
-
     cmd = [
         str(binary),
         "--model-repository", str(repo),
@@ -92,8 +88,9 @@ def server(tmp_path_factory) -> Server:
         "--grpc-address", "127.0.0.1",
         "--http-address", "127.0.0.1",
         "--metrics-address", "127.0.0.1",
+        *flags,
     ]  # fmt: skip
-    log_path = repo.parent / "ferroserve.log"
+    log_path = repo.parent / f"ferroserve-{repo.name}.log"
     log = open(log_path, "w")
     proc = subprocess.Popen(
         cmd,
@@ -155,3 +152,14 @@ def server(tmp_path_factory) -> Server:
     finally:
         _stop(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Server:
+    repo = tmp_path_factory.mktemp("model_repository")
+    for name in SHIPPED_MODELS:
+        shutil.copytree(REPO_ROOT / "models" / name, repo / name)
+    for name in TEST_MODELS:
+        shutil.copytree(REPO_ROOT / "tests" / "models" / name, repo / name)
+    with running_server(repo) as srv:
+        yield srv
