@@ -3,7 +3,8 @@
 # Debian only. Idempotent: a second run finds everything in place and returns.
 #
 #   deploy/setup.sh ort     ONNX Runtime shared library (enough to serve)
-#   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient)
+#   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient,
+#                             kubernetes-validate, jsonschema)
 #                           + perf_analyzer extracted from the tritonclient wheel
 #                           + promtool (Debian's prometheus package)
 set -euo pipefail
@@ -11,6 +12,9 @@ set -euo pipefail
 ORT_VERSION=1.31.1
 TRITONCLIENT_VERSION=2.50.0
 CUDART_VERSION=12.9.79
+# Manifest validation (tests/python/test_manifests.py): Kubernetes OpenAPI
+# schemas bundled offline up to Kubernetes 1.37, and jsonschema for KServe's.
+KUBERNETES_VALIDATE_VERSION=1.37.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 deps="$root/.deps"
@@ -45,13 +49,14 @@ fetch_ort() {
 
 fetch_venv() {
   local venv="$deps/venv"
-  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION"
+  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION"
   [ -f "$stamp" ] && return 0
   echo "setup: creating Python venv with tritonclient $TRITONCLIENT_VERSION" >&2
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
-    "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4"
+    "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4" \
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3"
   touch "$stamp"
 }
 

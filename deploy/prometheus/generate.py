@@ -200,19 +200,25 @@ def either(parts: list) -> str:
     return "\nor\n".join(f"# {comment}\n(\n{block(expr, 2)}\n)" for comment, expr in parts)
 
 
+def ratio(bad: str, total: str) -> str:
+    """bad / total per model; 0 where the window holds no requests or no bad
+    ones (no bad series at all), as the server counts it."""
+    return f"{bad}\n/\n({total} > 0)\nor\n0 * {total}"
+
+
 def availability_errors(window: str) -> str:
     bad = selector(REQUESTS, f'code=~"{"|".join(FAILURE_CODES)}"')
-    total = f"sum by (model) (rate({REQUESTS}[{window}]))"
-    # `or 0 * total`: a model without failures has no bad series; its ratio is 0.
-    return f"(\n  sum by (model) (rate({bad}[{window}]))\n  or\n  0 * {total}\n)\n/\n{total}"
+    return ratio(f"sum by (model) (rate({bad}[{window}]))", f"sum by (model) (rate({REQUESTS}[{window}]))")
 
 
 def latency_errors(slos: dict, window: str) -> str:
     parts = []
     for seconds, model, who in branches(slos, "latency_seconds"):
         count = f"sum by (model) (rate({selector(DURATION + '_count', model)}[{window}]))"
-        fast = f"sum by (model) (rate({selector(DURATION + '_bucket', model, le_matcher(seconds))}[{window}]))"
-        parts.append((f"threshold {fmt(number(seconds))} s: {who}", f"(\n  {count}\n  -\n  {fast}\n)\n/\n{count}"))
+        bucket = selector(DURATION + "_bucket", model, le_matcher(seconds))
+        fast = f"sum by (model) (rate({bucket}[{window}]))"
+        slow = f"(\n  {count}\n  -\n  {fast}\n)"
+        parts.append((f"threshold {fmt(number(seconds))} s: {who}", ratio(slow, count)))
     return either(parts)
 
 
@@ -280,10 +286,11 @@ def burn_alert(sli: str, severity: str, long: str, short: str, factor: Decimal, 
 
 def stale_alert(slos: dict) -> str:
     """Fires when the server's SLO gauges differ from what these rules assume."""
+    objective, threshold = "ferroserve_slo_objective", "ferroserve_slo_latency_threshold_seconds"
     checks = (
-        ("slo_latency_objective", "latency_objective", "ferroserve_slo_objective", 'slo="latency"'),
-        ("slo_availability_objective", "availability_objective", "ferroserve_slo_objective", 'slo="availability"'),
-        ("slo_latency_seconds", "latency_seconds", "ferroserve_slo_latency_threshold_seconds", ""),
+        ("slo_latency_objective", "latency_objective", objective, 'slo="latency"'),
+        ("slo_availability_objective", "availability_objective", objective, 'slo="availability"'),
+        ("slo_latency_seconds", "latency_seconds", threshold, ""),
     )
     parts = []
     for parameter, field, metric, slo in checks:
@@ -333,7 +340,7 @@ def render(slos: dict, models_dir: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=Path, default=ROOT / "models", help="model repository (default: models/)")
+    parser.add_argument("--models", type=Path, default=ROOT / "models", help="model repository (default models/)")
     parser.add_argument("--out", default=str(HERE / "rules.yml"), help="output file, - for stdout")
     args = parser.parse_args()
     try:
