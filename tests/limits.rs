@@ -28,16 +28,6 @@ fn slow_repository() -> tempfile::TempDir {
     common::temp_repository(&[(&test_models(), "slow")])
 }
 
-fn slow_request(spin: i64, x: f32) -> pb::ModelInferRequest {
-    raw_request(
-        "slow",
-        vec![
-            (input("x", "FP32", &[1, 1]), f32_bytes(&[x])),
-            (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
-        ],
-    )
-}
-
 fn slow_json(spin: i64) -> Value {
     json!({ "inputs": [
         { "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [2.5] },

@@ -37,13 +37,7 @@ async fn wait_for_burn(server: &Server, labels: &[&str], done: impl Fn(f64) -> b
 }
 
 fn slow(spin: i64) -> pb::ModelInferRequest {
-    raw_request(
-        "slow",
-        vec![
-            (input("x", "FP32", &[1, 1]), f32_bytes(&[1.0])),
-            (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
-        ],
-    )
+    slow_request(spin, 1.0)
 }
 
 #[tokio::test]

@@ -146,13 +146,7 @@ async fn busy_slow_model() -> (tempfile::TempDir, Server, GrpcClient, fn(i64) ->
     let server = Server::start(repo.path(), &["--model-control-mode", "explicit", "--load-model", "slow"]);
     let client = server.grpc_client().await;
     fn slow(spin: i64) -> pb::ModelInferRequest {
-        raw_request(
-            "slow",
-            vec![
-                (input("x", "FP32", &[1, 1]), f32_bytes(&[1.0])),
-                (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
-            ],
-        )
+        slow_request(spin, 1.0)
     }
     let calls = [0, 1].map(|_| {
         let mut client = client.clone();

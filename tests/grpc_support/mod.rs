@@ -260,3 +260,15 @@ pub async fn wait_for_queue_depth(server: &Server, model: &str, depth: f64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A request to the test model "slow": y = x + 1 after a Loop of `spin`
+/// iterations (about 1 us each).
+pub fn slow_request(spin: i64, x: f32) -> pb::ModelInferRequest {
+    raw_request(
+        "slow",
+        vec![
+            (input("x", "FP32", &[1, 1]), f32_bytes(&[x])),
+            (input("spin", "INT64", &[1]), spin.to_le_bytes().to_vec()),
+        ],
+    )
+}
