@@ -155,6 +155,24 @@ pub struct Config {
     /// The error-budget period, in days.
     #[arg(long, env = "FERROSERVE_SLO_PERIOD_DAYS", default_value_t = 30, value_parser = positive_u64())]
     pub slo_period_days: u64,
+
+    /// OTLP/gRPC collector to export trace spans to (e.g.
+    /// http://otel-collector:4317). Unset, the standard
+    /// OTEL_EXPORTER_OTLP_ENDPOINT is used; both unset, tracing is off.
+    #[arg(long, env = "FERROSERVE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of traces started here that are sampled (0.0–1.0); a sampling
+    /// decision in the client's `traceparent` wins.
+    #[arg(long, env = "FERROSERVE_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio)]
+    pub trace_sample_ratio: f64,
+}
+
+fn ratio(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{value} is not a ratio between 0.0 and 1.0")),
+    }
 }
 
 fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {

@@ -20,6 +20,9 @@ pub struct InferRequest {
     /// The request's `timeout` parameter: how long it may wait in the queue
     /// (honoured as the model's queue policy allows).
     pub timeout: Option<Duration>,
+    /// The request's server span, when tracing is on and the trace is
+    /// sampled: the scheduler's `queue` and `compute` spans hang under it.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 #[derive(Debug, Clone)]

@@ -1,8 +1,12 @@
-//! The ferroserve binary: parse flags, set up logging, run the server.
+//! The ferroserve binary: parse flags, set up logging (and tracing when an
+//! OTLP endpoint is configured), run the server, flush spans on exit.
 
 use clap::Parser;
 use ferroserve::config::Config;
+use ferroserve::telemetry::trace;
 use std::process::ExitCode;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// across threads, where it measurably beats glibc malloc.
@@ -10,16 +14,38 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
+    let config = Config::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
+    // The OTLP exporter's channel runs on the runtime: build it inside.
+    let provider = match trace::endpoint(config.otlp_endpoint.as_deref()) {
+        Some(endpoint) => match runtime.block_on(async { trace::install(&endpoint, config.trace_sample_ratio) }) {
+            Ok(provider) => Some(provider),
+            Err(e) => {
+                eprintln!("ferroserve: the OTLP exporter for {endpoint}: {e:#}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    // Off, there is no OpenTelemetry layer at all; on, the server's own
+    // `tracing` spans are exported beside the request spans.
+    let otel = trace::tracer().map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer.clone()));
+    tracing_subscriber::registry()
+        .with(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,ort=warn,notify=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(otel)
         .init();
-    let config = Config::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
-    match runtime.block_on(ferroserve::server::run(config)) {
+    let result = runtime.block_on(ferroserve::server::run(config));
+    // Flush the spans still batched, while the runtime still runs the exporter.
+    if let Some(provider) = provider
+        && let Err(e) = provider.shutdown()
+    {
+        tracing::warn!(error = %e, "flushing trace spans at exit");
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ferroserve: {e:#}");

@@ -231,7 +231,8 @@ impl ModelVersion {
         let ticket = self.breaker.try_acquire()?;
         let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
         let deadline = self.queueing.deadline(Instant::now(), &request);
-        let outputs = self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline);
+        let outputs =
+            self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline, request.trace.take());
         let outputs = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
                 .await

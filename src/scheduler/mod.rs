@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::runtime::Session;
 use crate::telemetry::{self, VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
+use opentelemetry::trace::SpanContext;
 use parking_lot::{Condvar, Mutex};
 use policy::{BatchQueue, Policy};
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub struct Job {
     /// Sender: the instance thread; receiver: the request's task. A closed
     /// receiver means the client went away: the job is dropped unrun.
     reply: oneshot::Sender<Result<Vec<Tensor>>>,
+    /// The request's server span when it is traced: the instance thread
+    /// records `queue` and `compute` under it. None when tracing is off.
+    trace: Option<SpanContext>,
 }
 
 /// Labels of the version a scheduler serves, for metrics and logs.
@@ -92,17 +96,19 @@ impl Scheduler {
 
     /// Queues `inputs` and waits for the outputs (in the graph's output
     /// order). `group` keys the non-batch shape; `deadline` drops the job
-    /// unrun once passed. Refuses at once when the queue is full.
+    /// unrun once passed; `trace` is the request's span, when traced.
+    /// Refuses at once when the queue is full.
     pub async fn submit(
         &self,
         inputs: Vec<Tensor>,
         rows: usize,
         group: u64,
         deadline: Option<Instant>,
+        trace: Option<SpanContext>,
     ) -> Result<Vec<Tensor>> {
         let (reply, outputs) = oneshot::channel();
         let now = Instant::now();
-        let job = Job { inputs, rows, enqueued: now, reply };
+        let job = Job { inputs, rows, enqueued: now, reply, trace };
         {
             let mut queue = self.shared.queue.lock();
             if queue.closed {

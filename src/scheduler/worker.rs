@@ -5,6 +5,8 @@
 use super::{Job, Shared, batch, policy::Decision};
 use crate::error::Error;
 use crate::runtime::{RunInput, Session};
+use crate::telemetry::trace;
+use opentelemetry::KeyValue;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +84,9 @@ impl Worker {
             .collect();
         let result = self.session.run(&inputs);
         let compute = started.elapsed();
+        if jobs.iter().any(|j| j.trace.is_some()) {
+            record_spans(&jobs, started, started + compute, total);
+        }
         let labels = &shared.labels;
         let outputs = match result {
             Ok((outputs, times)) => {
@@ -107,5 +112,23 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+/// Gives each traced request of a batch its `queue` span (enqueued until
+/// this instance took the batch) and a `compute` span covering the whole
+/// batch execution, with the batch's size.
+fn record_spans(jobs: &[Job], started: Instant, finished: Instant, rows: usize) {
+    let clock = trace::WallClock::now();
+    let (started, finished) = (clock.at(started), clock.at(finished));
+    for job in jobs {
+        let Some(parent) = &job.trace else { continue };
+        trace::child(parent, "queue", clock.at(job.enqueued), started, Vec::new());
+        let attributes = vec![
+            KeyValue::new("batch.requests", jobs.len() as i64),
+            KeyValue::new("batch.rows", rows as i64),
+            KeyValue::new("request.rows", job.rows as i64),
+        ];
+        trace::child(parent, "compute", started, finished, attributes);
     }
 }

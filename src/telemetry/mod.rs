@@ -5,6 +5,7 @@
 
 pub mod slo;
 mod stats;
+pub mod trace;
 
 pub use stats::{BatchTally, ComputeTimes, Tally, VersionStats};
 

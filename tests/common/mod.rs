@@ -64,8 +64,20 @@ impl Server {
         server
     }
 
+    /// Starts ferroserve with extra flags and environment variables, and
+    /// waits until it reports ready.
+    pub fn start_with_env(repository: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Self::spawn_with_env(repository, extra, env);
+        server.wait_ready();
+        server
+    }
+
     /// Starts ferroserve and returns once its ports are known (not ready yet).
     pub fn spawn(repository: &Path, extra: &[&str]) -> Server {
+        Self::spawn_with_env(repository, extra, &[])
+    }
+
+    fn spawn_with_env(repository: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
             .arg("--model-repository")
             .arg(repository)
@@ -74,6 +86,10 @@ impl Server {
             .args(extra)
             .current_dir(repo_root())
             .env("RUST_LOG", "warn")
+            // Tracing stays off unless a test turns it on.
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .env_remove("FERROSERVE_OTLP_ENDPOINT")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

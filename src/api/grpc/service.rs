@@ -8,6 +8,7 @@ use crate::infer::{InferRequest, InferResponse, TIMEOUT_PARAMETER};
 use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
 use crate::server::State;
+use crate::telemetry::trace::{self, Incoming, RequestSpan};
 use crate::tensor::{DataType, Tensor};
 use futures::stream::FuturesOrdered;
 use std::pin::Pin;
@@ -93,6 +94,7 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         outputs,
         deadline,
         timeout: timeout.map(Duration::from_micros),
+        trace: None,
     })
 }
 
@@ -151,17 +153,44 @@ pub fn load_parameter_refused(key: &str) -> Error {
 /// Requests of one ModelStreamInfer stream that may be in flight at once.
 const STREAM_IN_FLIGHT: usize = 64;
 
+/// Decodes and runs one request inside its server span (when traced).
+async fn traced_infer(
+    repository: &crate::repository::Repository,
+    mut span: Option<RequestSpan>,
+    message: pb::ModelInferRequest,
+    deadline: Option<Instant>,
+) -> Result<InferResponse> {
+    let result = match decode_request(message, deadline) {
+        Ok(mut request) => {
+            if let Some(span) = &mut span {
+                span.attach(&mut request);
+            }
+            repository.infer(request).await
+        }
+        Err(e) => Err(e),
+    };
+    if let Some(span) = span {
+        span.finish(result.as_ref());
+    }
+    result
+}
+
+/// The W3C trace-context metadata of a call.
+fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Incoming {
+    let value = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
+}
+
 /// Runs one streamed request; an error answers it in `error_message`.
 async fn stream_answer(
     repository: Arc<crate::repository::Repository>,
     message: pb::ModelInferRequest,
     deadline: Option<Instant>,
+    incoming: Option<Incoming>,
 ) -> pb::ModelStreamInferResponse {
     let id = message.id.clone();
-    let result = match decode_request(message, deadline) {
-        Ok(request) => repository.infer(request).await,
-        Err(e) => Err(e),
-    };
+    let span = incoming.and_then(|incoming| RequestSpan::start("grpc", || incoming));
+    let result = traced_infer(&repository, span, message, deadline).await;
     match result {
         Ok(response) => pb::ModelStreamInferResponse {
             error_message: String::new(),
@@ -201,10 +230,10 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
+        let span = RequestSpan::start("grpc", || trace_context(request.metadata()));
         let deadline = grpc_deadline(&request);
-        let request = decode_request(request.into_inner(), deadline).map_err(grpc_status)?;
-        let response = self.state.repository.infer(request).await.map_err(grpc_status)?;
-        Ok(Response::new(encode_response(response)))
+        let result = traced_infer(&self.state.repository, span, request.into_inner(), deadline).await;
+        reply(result.map(encode_response))
     }
 
     /// Requests are answered in the order they arrive; an error answers its
@@ -214,6 +243,9 @@ impl GrpcInferenceService for Inference {
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Reply<ResponseStream> {
         let deadline = grpc_deadline(&request);
+        // Every message of the stream is a request with its own span, all
+        // children of the call's trace context.
+        let parent = trace::tracer().map(|_| trace_context(request.metadata()));
         let mut incoming = request.into_inner();
         let repository = self.state.repository.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);
@@ -225,7 +257,7 @@ impl GrpcInferenceService for Inference {
             loop {
                 tokio::select! {
                     message = incoming.next(), if incoming_open && pending.len() < STREAM_IN_FLIGHT => match message {
-                        Some(Ok(message)) => pending.push_back(stream_answer(repository.clone(), message, deadline)),
+                        Some(Ok(message)) => pending.push_back(stream_answer(repository.clone(), message, deadline, parent.clone())),
                         Some(Err(status)) => {
                             let status = match super::codec_refusal_code(status.code(), status.message()) {
                                 Some(code) => Status::new(code, status.message()),

@@ -143,6 +143,7 @@ pub fn decode(
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
         deadline: None,
         timeout: timeout.map(std::time::Duration::from_micros),
+        trace: None,
     };
     Ok((infer, OutputEncoding { binary_default, explicit }))
 }

@@ -10,9 +10,11 @@ pub use codec::decode as decode_body;
 use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
+use crate::infer::InferResponse;
 use crate::repository::CanaryAction;
 use crate::server::State;
 use crate::shutdown::Phases;
+use crate::telemetry::trace::{Incoming, RequestSpan};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State as Shared};
@@ -206,21 +208,12 @@ async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
-    // The client's clock started before it sent the body.
-    let deadline = limits::deadline(&headers, Instant::now())?;
-    let body = read_body(&state, body).await?;
-    let header_length = match headers.get(HEADER_LENGTH) {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok())
-                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
-        ),
-    };
-    let (mut request, encoding) = codec::decode(&model, &version, body, header_length)?;
-    request.deadline = deadline;
-    let response = state.repository.infer(request).await?;
+    let mut span = RequestSpan::start("http", || trace_context(&headers));
+    let result = answer(&state, &model, &version, &headers, body, span.as_mut()).await;
+    if let Some(span) = span {
+        span.finish(result.as_ref().map(|(response, _)| response));
+    }
+    let (response, encoding) = result?;
     let encoded = codec::encode(&response, &encoding);
     let mut reply = Response::new(Body::from(encoded.body));
     let headers = reply.headers_mut();
@@ -234,6 +227,41 @@ async fn infer(state: AppState, model: String, version: String, headers: HeaderM
         }
     }
     Ok(reply)
+}
+
+/// Reads, decodes and runs one request; `span` is its server span, when traced.
+async fn answer(
+    state: &State,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: Body,
+    span: Option<&mut RequestSpan>,
+) -> Result<(InferResponse, codec::OutputEncoding)> {
+    // The client's clock started before it sent the body.
+    let deadline = limits::deadline(headers, Instant::now())?;
+    let body = read_body(state, body).await?;
+    let header_length = match headers.get(HEADER_LENGTH) {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<usize>().ok())
+                .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
+        ),
+    };
+    let (mut request, encoding) = codec::decode(model, version, body, header_length)?;
+    request.deadline = deadline;
+    if let Some(span) = span {
+        span.attach(&mut request);
+    }
+    Ok((state.repository.infer(request).await?, encoding))
+}
+
+/// The W3C trace-context headers of a request.
+fn trace_context(headers: &HeaderMap) -> Incoming {
+    let value = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+    Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
 }
 
 async fn model_infer(
