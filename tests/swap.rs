@@ -74,7 +74,7 @@ async fn loads(server: &Server, outcome: &str) -> f64 {
 #[tokio::test]
 async fn a_new_version_takes_over_and_the_old_one_is_retired() {
     let repo = repository();
-    let (_server, mut client) = start(repo.path()).await;
+    let (server, mut client) = start(repo.path()).await;
     assert_eq!(ask(&mut client, "").await.unwrap(), ("1".into(), 2.0));
 
     put_version(repo.path(), 2, 2);
@@ -83,6 +83,9 @@ async fn a_new_version_takes_over_and_the_old_one_is_retired() {
     // The policy serves the latest version only: version 1 is retired.
     expect_error(ask(&mut client, "1").await, Code::NotFound, &["'1'"]);
     assert_eq!(index(&mut client).await, [("2".into(), "READY".into(), String::new())]);
+    let body = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
+    let retired = "ferroserve_model_unloads_total{model=\"m\",version=\"1\",cause=\"retired\"} 1";
+    assert!(body.contains(retired), "{body}");
 }
 
 #[tokio::test]

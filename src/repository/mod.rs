@@ -302,6 +302,7 @@ impl Repository {
             for version in retired {
                 state.versions.remove(&version);
                 tracing::info!(model = %name, version, "model version retired");
+                telemetry::record_unload(&name, &version.to_string(), "retired");
             }
             if let Err(problem) = self.set_up_slo(state, &config) {
                 tracing::error!(model = %name, %problem, "SLO settings refused; the server's defaults apply");
@@ -428,7 +429,11 @@ impl Repository {
                 state,
                 ModelState { problem: Some("unloaded".into()), unloaded: true, slo, ..Default::default() },
             );
-            old.versions.into_values().filter_map(|v| v.serving).map(|s| Arc::downgrade(&s.version)).collect()
+            let serving: Vec<_> = old.versions.into_iter().filter_map(|(n, v)| Some((n, v.serving?))).collect();
+            for (number, _) in &serving {
+                telemetry::record_unload(name, &number.to_string(), "unloaded");
+            }
+            serving.into_iter().map(|(_, s)| Arc::downgrade(&s.version)).collect()
         };
         self.publish_ready_count();
         let deadline = Instant::now() + UNLOAD_DRAIN;

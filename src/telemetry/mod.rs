@@ -41,6 +41,8 @@ pub const MODEL_LOADS_TOTAL: &str = "ferroserve_model_loads_total";
 pub const CANARY_WEIGHT: &str = "ferroserve_canary_weight";
 /// Canary rollbacks, by who rolled back ("automatic" / "operator").
 pub const CANARY_ROLLBACKS_TOTAL: &str = "ferroserve_canary_rollbacks_total";
+/// Model versions taken out of service: retired by a reload, or unloaded.
+pub const MODEL_UNLOADS_TOTAL: &str = "ferroserve_model_unloads_total";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
 /// Inference requests inside the whole server (admitted, not yet answered).
@@ -94,6 +96,7 @@ fn describe() {
     metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions, by the state entered");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
+    metrics::describe_counter!(MODEL_UNLOADS_TOTAL, "Model versions taken out of service, by cause");
     metrics::describe_gauge!(CANARY_WEIGHT, "Share of unpinned requests (0-100) sent to the canary version");
     metrics::describe_counter!(CANARY_ROLLBACKS_TOTAL, "Canary rollbacks, by who rolled back");
     metrics::describe_gauge!(SERVER_IN_FLIGHT, "Inference requests inside the server");
@@ -203,6 +206,13 @@ impl VersionMetrics {
 pub fn record_load(model: &str, version: &str, ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     metrics::counter!(MODEL_LOADS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Counts one version taken out of service; `cause` is "retired" (a reload
+/// left it out) or "unloaded".
+pub fn record_unload(model: &str, version: &str, cause: &'static str) {
+    metrics::counter!(MODEL_UNLOADS_TOTAL, "model" => model.to_string(), "version" => version.to_string(), "cause" => cause)
         .increment(1);
 }
 
