@@ -104,16 +104,21 @@ def test_recording_rules_and_server_gauges_agree(tmp_path):
                 infer(client, 0)
             for _ in range(10):
                 infer(client, 20_000)
-            latency = 'model="slow",slo="latency",window="5m"'
-            server_burn = wait_for(
-                "the server's gauge to be scraped",
-                lambda: one(base, f"ferroserve_slo_burn_rate{{{latency}}}") or None)
-            assert abs(server_burn - (10 / 40) / 0.1) < 1e-6, server_burn
-            rule_burn = wait_for(
-                "the recording rule to see every request",
-                lambda: (lambda v: v if v is not None and abs(v - server_burn) / server_burn < 0.02 else None)(
-                    one(base, 'model:ferroserve_slo_latency_burn_rate:ratio_rate5m{model="slow"}')))
-            assert rule_burn == pytest.approx(server_burn, rel=0.02)
+            # Both sides count the same requests: the server's gauge (refreshed
+            # every 5 s, scraped every 1 s) and the rule over our histograms.
+            # The 10 slow requests alone make a burn of (10/40)/0.1 = 2.5; a
+            # fast one may also miss 5 ms on a busy machine.
+            gauge = 'ferroserve_slo_burn_rate{model="slow",slo="latency",window="5m"}'
+            rule = 'model:ferroserve_slo_latency_burn_rate:ratio_rate5m{model="slow"}'
+
+            def agreeing():
+                g, r = one(base, gauge), one(base, rule)
+                if g is None or r is None or g < 2.5:
+                    return None
+                return (g, r) if abs(g - r) / g < 0.02 else None
+
+            server_burn, rule_burn = wait_for("the rule and the server's gauge to agree", agreeing)
+            assert server_burn <= 10.0 and rule_burn == pytest.approx(server_burn, rel=0.02)
             availability = one(base, 'model:ferroserve_slo_availability_burn_rate:ratio_rate5m{model="slow"}')
             assert availability == 0.0
             assert one(base, 'ferroserve_slo_burn_rate{model="slow",slo="availability",window="5m"}') == 0.0
