@@ -155,7 +155,18 @@ async fn busy_slow_model() -> (tempfile::TempDir, Server, GrpcClient, fn(i64) ->
         let mut client = client.clone();
         tokio::spawn(async move { client.model_infer(slow(1_000_000)).await })
     });
-    wait_for_queue_depth(&server, "slow", 1.0).await;
+    // Both are inside (routed to version 1) once the server holds two
+    // requests and one of them waits in the queue.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let body = reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap();
+        let inside = body.lines().any(|l| l == "ferroserve_server_inflight_requests 2");
+        if inside && queue_depth(&server, "slow").await == Some(1.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the two slow requests never were both inside");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     (repo, server, client, slow, calls)
 }
 
