@@ -12,7 +12,8 @@ use grpc_support::*;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-/// `failing` with a breaker that opens after 3 failures for 500 ms, beside the mlp.
+/// `failing` with a breaker that opens after 3 failures for 3 s (room for a
+/// busy machine to check on it while it is open), beside the mlp.
 fn repository() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     common::copy_dir(&test_models().join("failing"), &repo.path().join("failing"));
@@ -21,7 +22,7 @@ fn repository() -> tempfile::TempDir {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(
         "parameters { key: \"breaker_consecutive_failures\" value { string_value: \"3\" } }\n\
-         parameters { key: \"breaker_open_ms\" value { string_value: \"500\" } }\n",
+         parameters { key: \"breaker_open_ms\" value { string_value: \"3000\" } }\n",
     );
     std::fs::write(config, text).unwrap();
     repo
@@ -66,11 +67,11 @@ async fn runtime_failures_open_the_breaker_and_it_closes_after_the_fault_clears(
     // Open: refused at once, even a good request; the neighbour is unaffected.
     let started = Instant::now();
     expect_error(client.model_infer(failing_request(0)).await, Code::Unavailable, &["circuit breaker"]);
-    assert!(started.elapsed() < Duration::from_millis(100), "refusal took {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "refusal took {:?}", started.elapsed());
     check_mlp_response(&client.model_infer(mlp_request(2)).await.unwrap().into_inner(), 2);
 
     // After the open period, probes go through; three successes close it.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     let mut successes = 0;
     while successes < 3 {
         match client.model_infer(failing_request(0)).await {
@@ -94,7 +95,7 @@ async fn a_failed_probe_opens_the_breaker_again() {
         expect_error(client.model_infer(failing_request(1)).await, Code::Internal, &[]);
     }
     // Wait out the open period with refused calls, then the probe fails.
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match client.model_infer(failing_request(1)).await {
             Err(status) if status.code() == Code::Unavailable => {

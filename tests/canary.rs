@@ -66,11 +66,13 @@ async fn metric(server: &Server, prefix: &str) -> f64 {
 #[tokio::test]
 async fn unpinned_requests_split_by_weight_and_pinned_ones_get_their_version() {
     let (_repo, server, mut client) = start().await;
-    let (by_version, failures) = send(&mut client, 1000, |_| false).await;
+    // 900 requests: the canary's share stays under the 100 answers after
+    // which latency alone could roll it back on a noisy machine.
+    let (by_version, failures) = send(&mut client, 900, |_| false).await;
     assert_eq!(failures, 0);
-    // 10% of 1000: the split is seeded, and binomially 5 sigma is under 50.
-    assert!((50..=150).contains(&by_version[2]), "canary got {} of 1000", by_version[2]);
-    assert_eq!(by_version[1] + by_version[2], 1000);
+    // 10% of 900: the split is seeded, and binomially 5 sigma is 45.
+    assert!((45..=135).contains(&by_version[2]), "canary got {} of 900", by_version[2]);
+    assert_eq!(by_version[1] + by_version[2], 900);
     for version in ["1", "2"] {
         let r = client.model_infer(request(version, 0)).await.unwrap().into_inner();
         assert_eq!(r.model_version, version);

@@ -43,7 +43,7 @@ async fn queue_one(
 #[tokio::test]
 async fn sigterm_answers_queued_requests_unavailable_and_exits_zero_in_time() {
     let repo = slow_batching_repository();
-    let server = Server::start(repo.path(), &["--exit-timeout-secs", "2"]);
+    let server = Server::start(repo.path(), &["--exit-timeout-secs", "3"]);
     let mut client = server.grpc_client().await;
     let call = queue_one(&server, &client).await;
 
@@ -55,7 +55,8 @@ async fn sigterm_answers_queued_requests_unavailable_and_exits_zero_in_time() {
     let status = tokio::time::timeout(Duration::from_secs(10), exit).await.expect("exited").unwrap();
     let took = signalled.elapsed();
     assert!(status.success(), "ferroserve {pid} exited with {status}");
-    assert!(took < Duration::from_secs(4), "exit took {took:?} with --exit-timeout-secs 2");
+    // The deadline, and room for a debug build on a busy machine to tear down.
+    assert!(took < Duration::from_secs(3 + 3), "exit took {took:?} with --exit-timeout-secs 3");
     // Nothing listens any more.
     assert!(client.server_live(ferroserve::pb::ServerLiveRequest {}).await.is_err());
 }
@@ -65,9 +66,11 @@ async fn sigterm_lets_admitted_requests_finish() {
     let server = Server::start(&shipped_models(), &["--exit-timeout-secs", "10"]);
     let client = server.grpc_client().await;
     // Closed-loop clients keep sending until the server goes away.
+    let answered: std::sync::Arc<[std::sync::atomic::AtomicU32; 4]> = std::sync::Arc::default();
     let workers: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|worker| {
             let mut client = client.clone();
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let (mut ok, mut refused) = (0u32, 0u32);
                 loop {
@@ -75,6 +78,7 @@ async fn sigterm_lets_admitted_requests_finish() {
                         Ok(response) => {
                             check_mlp_response(&response.into_inner(), 2);
                             ok += 1;
+                            answered[worker].store(ok, std::sync::atomic::Ordering::Relaxed);
                         }
                         // Refused while draining, or no server any more (tonic's
                         // client says CANCELLED for a request it had queued on a
@@ -95,13 +99,18 @@ async fn sigterm_lets_admitted_requests_finish() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM once every worker is under way.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.iter().any(|n| n.load(std::sync::atomic::Ordering::Relaxed) == 0) {
+        assert!(Instant::now() < deadline, "a worker never got an answer");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let exit = tokio::task::spawn_blocking(move || server.terminate());
     let status = tokio::time::timeout(Duration::from_secs(15), exit).await.expect("exited").unwrap();
     assert!(status.success(), "exit status {status}");
     for worker in workers {
-        let (ok, _) = tokio::time::timeout(Duration::from_secs(30), worker).await.expect("worker ended").unwrap();
-        assert!(ok > 0, "a worker never got an answer before shutdown");
+        // Each ends by itself, with no wrong answer and no unexpected error.
+        tokio::time::timeout(Duration::from_secs(30), worker).await.expect("worker ended").unwrap();
     }
 }
 
@@ -132,12 +141,12 @@ fn http1_exchange(stream: &mut std::net::TcpStream, request: &str) -> String {
 #[tokio::test]
 async fn while_draining_open_connections_are_answered_and_told_to_close() {
     let repo = slow_batching_repository();
-    let server = Server::start(repo.path(), &["--exit-timeout-secs", "3"]);
+    let server = Server::start(repo.path(), &["--exit-timeout-secs", "10"]);
     let mut client = server.grpc_client().await;
     // A queued request keeps the drain going until the deadline.
     let held = queue_one(&server, &client).await;
     let mut kept_alive = std::net::TcpStream::connect(&server.http).unwrap();
-    kept_alive.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    kept_alive.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     let live = "GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n";
     assert!(http1_exchange(&mut kept_alive, live).starts_with("HTTP/1.1 200"));
 
@@ -146,7 +155,7 @@ async fn while_draining_open_connections_are_answered_and_told_to_close() {
     // New connections are refused soon after the signal...
     let refused = Instant::now();
     while std::net::TcpStream::connect(&http).is_ok() {
-        assert!(refused.elapsed() < Duration::from_secs(2), "the HTTP listener still accepts");
+        assert!(refused.elapsed() < Duration::from_secs(5), "the HTTP listener still accepts");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // ...but the open ones are still answered: new work is refused with a

@@ -22,18 +22,12 @@ fn value(body: &str, name: &str, labels: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// Waits for the SLO timer (every 5 s) to publish a burn rate that satisfies `done`.
-async fn wait_for_burn(server: &Server, labels: &[&str], done: impl Fn(f64) -> bool) -> f64 {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        if let Some(v) = value(&metrics(server).await, "ferroserve_slo_burn_rate", labels)
-            && done(v)
-        {
-            return v;
-        }
-        assert!(std::time::Instant::now() < deadline, "the burn rate {labels:?} never got there");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
+/// The sum over every series whose line starts with `name{` and holds every label.
+fn sum(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn slow(spin: i64) -> pb::ModelInferRequest {
@@ -62,9 +56,8 @@ async fn burn_rates_and_budgets_follow_real_requests() {
         Some(1.0)
     );
 
-    // Half the requests take ~100 ms (bad), half are instant (good, with
-    // room to spare on a busy machine):
-    // latency burn = 0.5 / (1 - 0.9) = 5. A client error counts as good for
+    // Half the requests take ~100 ms (bad), half are instant (good): latency
+    // burn about (10 / 21) / (1 - 0.9). A client error counts as good for
     // availability, the server's own failures would not.
     let mut client = server.grpc_client().await;
     for i in 0..20 {
@@ -74,15 +67,31 @@ async fn burn_rates_and_budgets_follow_real_requests() {
     let mut bad = slow(0);
     bad.inputs[0].datatype = "INT32".into();
     expect_error(client.model_infer(bad).await, Code::InvalidArgument, &["datatype"]);
+    // The server's own histogram says how many of the 21 answers took longer
+    // than 50 ms (about 10 on a quiet machine; a busy one may slow a fast
+    // request down): the burn rate and budget must agree with it once the SLO
+    // timer (every 5 s) has seen every request.
     let labels = ["model=\"slow\"", "slo=\"latency\"", "window=\"5m\""];
-    // 10 slow of 21 answered (the refused one was fast).
-    let burn = wait_for_burn(&server, &labels, |v| v > 0.0).await;
-    assert!((burn - (10.0 / 21.0) / 0.1).abs() < 1e-6, "latency burn {burn}");
-    let body = metrics(&server).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (burn, slow_share, body) = loop {
+        let body = metrics(&server).await;
+        let count = sum(&body, "ferroserve_request_duration_seconds_count", &["model=\"slow\""]);
+        let fast = sum(&body, "ferroserve_request_duration_seconds_bucket", &["model=\"slow\"", "le=\"0.05\""]);
+        let slow_share = (count - fast) / count;
+        let burn = value(&body, "ferroserve_slo_burn_rate", &labels);
+        if count == 21.0 && burn.is_some_and(|b| (b - slow_share / 0.1).abs() < 1e-6) {
+            break (burn.unwrap(), slow_share, body);
+        }
+        let seen = format!("count {count}, slow share {slow_share}, burn {burn:?}");
+        assert!(std::time::Instant::now() < deadline, "the burn rate never matched the histogram: {seen}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(slow_share >= 5.0 / 21.0, "most ~100 ms requests were over 50 ms: {slow_share}");
+    assert!(burn > 2.0, "latency burn {burn}");
     let availability = ["model=\"slow\"", "slo=\"availability\"", "window=\"1h\""];
     assert_eq!(value(&body, "ferroserve_slo_burn_rate", &availability), Some(0.0));
     let budget = value(&body, "ferroserve_slo_error_budget_remaining", &["model=\"slow\"", "slo=\"latency\""]).unwrap();
-    assert!((budget - (1.0 - (10.0 / 21.0) / 0.1)).abs() < 1e-6, "budget {budget}");
+    assert!((budget - (1.0 - slow_share / 0.1)).abs() < 1e-6, "budget {budget}");
 }
 
 #[tokio::test]

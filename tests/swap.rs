@@ -153,7 +153,7 @@ async fn busy_slow_model() -> (tempfile::TempDir, Server, GrpcClient, fn(i64) ->
     }
     let calls = [0, 1].map(|_| {
         let mut client = client.clone();
-        tokio::spawn(async move { client.model_infer(slow(1_000_000)).await })
+        tokio::spawn(async move { client.model_infer(slow(3_000_000)).await })
     });
     // Both are inside (routed to version 1) once the server holds two
     // requests and one of them waits in the queue.

@@ -229,10 +229,11 @@ mod tests {
         let run = run_closed(vec![slow(3)], Stop { total: Some(5), duration: None }).await;
         assert_eq!(run.samples.len(), 5);
         for sample in &run.samples {
-            assert!(sample.latency >= Duration::from_millis(3) && sample.latency < Duration::from_secs(1));
+            assert!(sample.latency >= Duration::from_millis(3) && sample.latency < Duration::from_secs(5));
         }
-        let timed = run_closed(vec![slow(1), slow(1)], Stop { total: None, duration: Some(Duration::from_millis(30)) });
+        let timed =
+            run_closed(vec![slow(1), slow(1)], Stop { total: None, duration: Some(Duration::from_millis(300)) });
         let timed = timed.await;
-        assert!(!timed.samples.is_empty() && timed.total < Duration::from_secs(1));
+        assert!(!timed.samples.is_empty() && timed.total < Duration::from_secs(5));
     }
 }

@@ -605,7 +605,9 @@ def test_load_unload_refused_in_none_mode(proto):
 # ---------------------------------------------------------------------------- latency
 
 
-def _median_latency_ms(proto, batch, n=15):
+def _fastest_latency_ms(proto, batch, n=15):
+    """The fastest of n calls: a Nagle / delayed-ACK stall (about 40 ms on
+    Linux) would hit every one, while a busy machine slows only some."""
     x = np.zeros((batch, 16), np.float32)
     inputs = [proto.input("input", x, "FP32")]
     proto.client.infer("mlp", inputs)
@@ -614,21 +616,21 @@ def _median_latency_ms(proto, batch, n=15):
         start = time.perf_counter()
         proto.client.infer("mlp", inputs)
         times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * min(times)
 
 
-def test_http_latency_larger_response(http_client):
+def test_http_larger_response_has_no_nagle_stall(http_client):
     """mlp batch 16 (640-byte output) answers in well under 20 ms over HTTP."""
-    assert _median_latency_ms(Proto("http", httpclient, http_client), 16) < 20
+    assert _fastest_latency_ms(Proto("http", httpclient, http_client), 16) < 20
 
 
-def test_grpc_latency_small_response(grpc_client):
-    assert _median_latency_ms(Proto("grpc", grpcclient, grpc_client), 1) < 20
+def test_grpc_small_response_has_no_nagle_stall(grpc_client):
+    assert _fastest_latency_ms(Proto("grpc", grpcclient, grpc_client), 1) < 20
 
 
-def test_grpc_latency_larger_response(grpc_client):
+def test_grpc_larger_response_has_no_nagle_stall(grpc_client):
     """mlp batch 16 (640-byte output) over gRPC should be as fast as over HTTP."""
-    assert _median_latency_ms(Proto("grpc", grpcclient, grpc_client), 16) < 20
+    assert _fastest_latency_ms(Proto("grpc", grpcclient, grpc_client), 16) < 20
 
 
 # ----------------------------------------------------------------------- compression
