@@ -150,3 +150,31 @@ async fn config_edits_drive_the_canary_and_bad_settings_are_refused() {
     expect_error(client.repository_model_load(load).await, Code::InvalidArgument, &["canary_version 2"]);
     assert_eq!(client.model_infer(request("", 0)).await.unwrap().into_inner().model_version, "1");
 }
+
+#[tokio::test]
+async fn while_the_canary_breaker_is_open_the_stable_version_takes_its_share() {
+    let (repo, server, mut client) = start().await;
+    let path = repo.path().join("canary/config.pbtxt");
+    let mut config = std::fs::read_to_string(&path).unwrap().replace("string_value: \"10\"", "string_value: \"100\"");
+    config.push_str(
+        "parameters { key: \"breaker_consecutive_failures\" value { string_value: \"3\" } }\n\
+         parameters { key: \"breaker_open_ms\" value { string_value: \"60000\" } }\n",
+    );
+    std::fs::write(&path, config).unwrap();
+    let load = pb::RepositoryModelLoadRequest { model_name: "canary".into(), ..Default::default() };
+    client.repository_model_load(load).await.unwrap();
+    // Weight 100: every unpinned request goes to the canary while it is healthy.
+    assert_eq!(send(&mut client, 10, |_| false).await.0[2], 10);
+
+    // Three failures open the canary's breaker (too few for a rollback).
+    for _ in 0..3 {
+        expect_error(client.model_infer(request("2", 1)).await, Code::Internal, &["Reshape"]);
+    }
+    assert_eq!(metric(&server, "ferroserve_breaker_state{model=\"canary\",version=\"2\"}").await, 1.0);
+    // Unpinned requests are served by the stable version, none refused; a
+    // request pinned to the canary still gets the breaker's answer.
+    let (by_version, failures) = send(&mut client, 20, |_| false).await;
+    assert_eq!((by_version[1], failures), (20, 0));
+    expect_error(client.model_infer(request("2", 0)).await, Code::Unavailable, &["circuit breaker"]);
+    assert_eq!(status(&server).await["weight"], 100, "the breaker does not roll the canary back");
+}

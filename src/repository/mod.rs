@@ -9,7 +9,7 @@ mod scan;
 mod version;
 mod warmup;
 
-pub use version::{LoadContext, ModelVersion};
+pub use version::{Attempt, LoadContext, ModelVersion};
 
 use crate::admission::ServerCap;
 use crate::error::{Error, Result};
@@ -31,7 +31,15 @@ use std::time::Instant;
 const UNLOAD_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Where a request goes: the version, and the model's canary and SLOs.
-type Routed = (Arc<ModelVersion>, Option<Arc<Canary>>, Option<Arc<SloTracker>>);
+/// Where an inference request goes, and what judges its answer.
+struct Routed {
+    version: Arc<ModelVersion>,
+    canary: Option<Arc<Canary>>,
+    slo: Option<Arc<SloTracker>>,
+    /// The stable version, when the split sent an unpinned request to the
+    /// canary: it serves the request while the canary's breaker is open.
+    fallback: Option<Arc<ModelVersion>>,
+}
 
 /// An operator's instruction to a model's canary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,13 +459,13 @@ impl Repository {
     /// The version a request names; else the stable version of a model with a
     /// canary; else the highest ready version.
     pub fn get(&self, name: &str, version: &str) -> Result<Arc<ModelVersion>> {
-        self.route(name, version, false).map(|(v, ..)| v)
+        self.route(name, version, false).map(|routed| routed.version)
     }
 
     /// `get` for an inference request: an unpinned request to a model with a
     /// canary goes to the canary or the stable version by weight (to the
-    /// stable one whenever the pick is not serving). Also returns the canary,
-    /// to judge the answer.
+    /// stable one whenever the pick is not serving, or, see `infer`, its
+    /// breaker is open). Also returns the canary, to judge the answer.
     fn route(&self, name: &str, version: &str, split: bool) -> Result<Routed> {
         let models = self.models.read();
         let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
@@ -467,10 +475,13 @@ impl Repository {
         {
             let pick = if split { canary.pick() } else { canary.stable };
             if let Some(v) = serving(pick).or_else(|| serving(canary.stable)) {
-                return Ok((v.clone(), Some(canary.clone()), state.slo.clone()));
+                let fallback = if v.version == canary.stable { None } else { serving(canary.stable).cloned() };
+                let (canary, slo) = (Some(canary.clone()), state.slo.clone());
+                return Ok(Routed { version: v.clone(), canary, slo, fallback });
             }
         }
-        self.lookup(name, version, state).map(|v| (v, state.canary.clone(), state.slo.clone()))
+        let version = self.lookup(name, version, state)?;
+        Ok(Routed { version, canary: state.canary.clone(), slo: state.slo.clone(), fallback: None })
     }
 
     fn lookup(&self, name: &str, version: &str, state: &ModelState) -> Result<Arc<ModelVersion>> {
@@ -575,11 +586,24 @@ impl Repository {
             Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
         let routed = self.route(&request.model_name, &request.model_version, true);
-        let (version, canary, slo) = match routed {
+        let Routed { version, canary, slo, fallback } = match routed {
             Ok(routed) => routed,
             Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
-        let result = version.infer(request).await;
+        // A canary whose breaker is open hands its share back to the stable version.
+        let (version, result) = match fallback {
+            None => {
+                let result = version.infer(request).await;
+                (version, result)
+            }
+            Some(stable) => match version.attempt(request).await {
+                Attempt::Done(result) => (version, result),
+                Attempt::Broken(request, _) => {
+                    let result = stable.infer(request).await;
+                    (stable, result)
+                }
+            },
+        };
         let elapsed = started.elapsed();
         match &result {
             Ok(_) => version.stats.success.add(elapsed),

@@ -6,7 +6,7 @@ use super::config::{self, IoSpec, ModelIo};
 use super::warmup;
 use crate::admission::breaker::BreakerConfig;
 use crate::admission::limiter::LimitConfig;
-use crate::admission::{VersionAdmission, VersionBreaker};
+use crate::admission::{BreakerTicket, VersionAdmission, VersionBreaker};
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, RequestLimits};
 use crate::pb;
@@ -25,6 +25,13 @@ use std::time::{Duration, Instant};
 /// Requests that may wait for an instance before senders wait too, when the
 /// config sets no max_queue_size.
 const DEFAULT_QUEUE_SIZE: usize = 1024;
+
+/// How an `attempt` ended: answered (well or not), or refused by the
+/// version's open circuit breaker with the request handed back.
+pub enum Attempt {
+    Done(Result<InferResponse>),
+    Broken(InferRequest, Error),
+}
 
 pub struct ModelVersion {
     pub name: String,
@@ -223,12 +230,36 @@ impl ModelVersion {
 
     /// Runs one request through the queue. Validation errors come back
     /// before anything is queued.
-    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse> {
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
+        match self.attempt(request).await {
+            Attempt::Done(result) => result,
+            Attempt::Broken(_, refusal) => Err(refusal),
+        }
+    }
+
+    /// `infer`, except that a request this version's open circuit breaker
+    /// refuses comes back untouched, for another version to serve.
+    pub async fn attempt(&self, mut request: InferRequest) -> Attempt {
+        let prepared = match self.prepare(&request) {
+            Ok(prepared) => prepared,
+            Err(error) => return Attempt::Done(Err(error)),
+        };
+        let ticket = match self.breaker.try_acquire() {
+            Ok(ticket) => ticket,
+            Err(refusal) => return Attempt::Broken(request, refusal),
+        };
         if request.deadline.is_none() {
             request.deadline = self.request_timeout.map(|t| Instant::now() + t);
         }
-        let prepared = self.prepare(&request)?;
-        let ticket = self.breaker.try_acquire()?;
+        Attempt::Done(self.run(request, prepared, ticket).await)
+    }
+
+    async fn run(
+        &self,
+        mut request: InferRequest,
+        prepared: Prepared,
+        ticket: BreakerTicket<'_>,
+    ) -> Result<InferResponse> {
         let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
         let deadline = self.queueing.deadline(Instant::now(), &request);
         let outputs =
