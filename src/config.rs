@@ -138,6 +138,19 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_SLO_LATENCY_SECONDS", default_value_t = 0.025)]
     pub slo_latency_seconds: f64,
 
+    /// Refuse at arrival (RESOURCE_EXHAUSTED / 429) a request predicted to
+    /// complete after the earlier of its deadline and the model's latency
+    /// SLO threshold, from what the model costs per batch size, for models
+    /// whose config does not set the `slo_admission` parameter.
+    #[arg(
+        long,
+        env = "FERROSERVE_SLO_ADMISSION",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub slo_admission: bool,
+
     /// Share of requests that must finish within the latency threshold.
     #[arg(long, env = "FERROSERVE_SLO_LATENCY_OBJECTIVE", default_value_t = 0.99)]
     pub slo_latency_objective: f64,

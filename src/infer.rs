@@ -20,6 +20,9 @@ pub struct InferRequest {
     /// The request's `timeout` parameter: how long it may wait in the queue
     /// (honoured as the model's queue policy allows).
     pub timeout: Option<Duration>,
+    /// The request's `priority` parameter (Triton's: 1 is the highest
+    /// level, 0 or none the model's default level).
+    pub priority: Option<u64>,
     /// The request's server span, when tracing is on and the trace is
     /// sampled: the scheduler's `queue` and `compute` spans hang under it.
     pub trace: Option<opentelemetry::trace::SpanContext>,
@@ -32,6 +35,9 @@ pub struct InferResponse {
     pub id: String,
     pub outputs: Vec<Tensor>,
 }
+
+/// The error for a malformed `priority` request parameter.
+pub const PRIORITY_PARAMETER: &str = "parameter 'priority' must be a whole number (0 for the model's default level)";
 
 /// The error for a malformed `timeout` request parameter.
 pub const TIMEOUT_PARAMETER: &str = "parameter 'timeout' must be a positive integer (microseconds)";

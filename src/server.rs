@@ -52,6 +52,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             slo: default_slo,
             // Read by every load for the life of the process.
             latency_buckets: Vec::leak(config.latency_buckets.clone()),
+            slo_admission: config.slo_admission,
         },
         config.strict_readiness,
     ));

@@ -12,6 +12,9 @@ pub const BACKEND: &str = "onnxruntime";
 /// max_batch_size given to a graph that can batch when no config says otherwise
 /// (Triton's default-max-batch-size).
 pub const AUTO_MAX_BATCH_SIZE: i32 = 4;
+/// The most priority levels a model may have (each is a queue of its own).
+pub const MAX_PRIORITY_LEVELS: u64 = 64;
+
 /// The `parameters` keys ferroserve understands; any other key is a load error.
 pub const KNOWN_PARAMETERS: &[&str] = &[
     "intra_op_thread_count",
@@ -25,6 +28,7 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "canary_version",
     "canary_weight",
     "slo_latency_seconds",
+    "slo_admission",
     "slo_latency_objective",
     "slo_availability_objective",
     "breaker_consecutive_failures",
@@ -391,8 +395,21 @@ fn check_batching(config: &pb::ModelConfig) -> Result<(), String> {
     if let Some(&bad) = batching.preferred_batch_size.iter().find(|&&s| s < 1 || s > config.max_batch_size) {
         return Err(format!("dynamic_batching preferred_batch_size {bad} is outside 1..={}", config.max_batch_size));
     }
-    if batching.priority_levels > 0 {
-        return Err("dynamic_batching priority_levels is not supported".into());
+    let levels = batching.priority_levels;
+    if levels == 0 && (batching.default_priority_level > 0 || !batching.priority_queue_policy.is_empty()) {
+        return Err("dynamic_batching default_priority_level and priority_queue_policy need priority_levels > 0".into());
+    }
+    if levels > MAX_PRIORITY_LEVELS {
+        return Err(format!("dynamic_batching priority_levels {levels} is over {MAX_PRIORITY_LEVELS}"));
+    }
+    if levels > 0 && !(1..=levels).contains(&batching.default_priority_level) {
+        return Err(format!(
+            "dynamic_batching default_priority_level {} is outside 1..={levels} (priority_levels)",
+            batching.default_priority_level
+        ));
+    }
+    if let Some(bad) = batching.priority_queue_policy.keys().find(|&&level| !(1..=levels).contains(&level)) {
+        return Err(format!("dynamic_batching priority_queue_policy level {bad} is outside 1..={levels} (priority_levels)"));
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod canary;
 pub mod config;
+mod queueing;
 mod scan;
 mod version;
 mod warmup;
@@ -17,7 +18,7 @@ use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
 use crate::runtime::Runtime;
 use crate::telemetry;
-use crate::telemetry::slo::{SloConfig, SloTracker};
+use crate::telemetry::slo::SloTracker;
 use canary::Canary;
 use parking_lot::RwLock;
 use std::collections::BTreeMap;
@@ -329,18 +330,7 @@ impl Repository {
     /// The model's SLOs from its `slo_*` parameters over the server's
     /// defaults; refused (the defaults apply) unless valid.
     fn set_up_slo(&self, state: &mut ModelState, config: &pb::ModelConfig) -> Result<(), String> {
-        let defaults = self.context.slo;
-        let wanted = SloConfig {
-            latency_threshold: config::decimal_parameter(config, "slo_latency_seconds")
-                .unwrap_or(defaults.latency_threshold),
-            latency_objective: config::decimal_parameter(config, "slo_latency_objective")
-                .unwrap_or(defaults.latency_objective),
-            availability_objective: config::decimal_parameter(config, "slo_availability_objective")
-                .unwrap_or(defaults.availability_objective),
-            ..defaults
-        };
-        let checked = wanted.validate(self.context.latency_buckets);
-        let slo = if checked.is_ok() { wanted } else { defaults };
+        let (slo, checked) = version::slo_settings(config, &self.context);
         match &state.slo {
             Some(tracker) => tracker.set_config(slo),
             None => state.slo = Some(Arc::new(SloTracker::new(slo, Instant::now()))),
@@ -555,7 +545,13 @@ impl Repository {
                     for (version, slot) in &state.versions {
                         let label = version.to_string();
                         entries.push(match (&slot.serving, &slot.failure) {
-                            (Some(_), None) => entry(label, "READY", canary_note(state.canary.as_deref(), *version)),
+                            (Some(serving), None) => {
+                                let notes = [canary_note(state.canary.as_deref(), *version)]
+                                    .into_iter()
+                                    .chain(serving.version.slo_note())
+                                    .filter(|n| !n.is_empty());
+                                entry(label, "READY", notes.collect::<Vec<_>>().join("; "))
+                            }
                             (Some(_), Some(failure)) => entry(
                                 label,
                                 "READY",

@@ -3,6 +3,7 @@
 //! shapes outputs back for the client.
 
 use super::config::{self, IoSpec, ModelIo};
+use super::queueing::Queueing;
 use super::warmup;
 use crate::admission::breaker::BreakerConfig;
 use crate::admission::limiter::LimitConfig;
@@ -11,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, RequestLimits};
 use crate::pb;
 use crate::runtime::{Runtime, SessionOptions};
-use crate::scheduler::policy::Policy;
-use crate::scheduler::{Labels, Scheduler};
+use crate::scheduler::{Labels, Placement, Scheduler};
 use crate::telemetry::slo::SloConfig;
 use crate::telemetry::{VersionMetrics, VersionStats};
 use crate::tensor::{Tensor, shape_matches};
@@ -21,10 +21,6 @@ use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Requests that may wait for an instance before senders wait too, when the
-/// config sets no max_queue_size.
-const DEFAULT_QUEUE_SIZE: usize = 1024;
 
 /// How an `attempt` ended: answered (well or not), or refused by the
 /// version's open circuit breaker with the request handed back.
@@ -88,59 +84,6 @@ fn limit_config(config: &pb::ModelConfig, server_default: bool) -> Option<LimitC
     on.then_some(LimitConfig { initial: min, min, max })
 }
 
-/// How requests wait for an instance: the batching policy and the queue
-/// policy's timeout rules (`dynamic_batching.default_queue_policy`).
-#[derive(Debug, Clone)]
-struct Queueing {
-    policy: Policy,
-    /// How long a request may wait before it is rejected; None: no limit.
-    default_timeout: Option<Duration>,
-    /// Whether a request's own `timeout` parameter may shorten it.
-    allow_override: bool,
-    /// DELAY: a request past its queue timeout still runs (only a client
-    /// deadline drops it); REJECT: it is answered DEADLINE_EXCEEDED.
-    reject_on_timeout: bool,
-}
-
-impl Queueing {
-    fn from_config(config: &pb::ModelConfig) -> Self {
-        let batching =
-            config.scheduling_choice.as_ref().map(|pb::model_config::SchedulingChoice::DynamicBatching(b)| b);
-        let queue = batching.and_then(|b| b.default_queue_policy).unwrap_or_default();
-        let policy = Policy {
-            // Without dynamic_batching every request runs alone, as in Triton.
-            max_batch_size: if batching.is_some() { config.max_batch_size.max(0) as usize } else { 0 },
-            preferred: batching.map_or_else(Vec::new, |b| b.preferred_batch_size.iter().map(|&s| s as usize).collect()),
-            max_delay: Duration::from_micros(batching.map_or(0, |b| b.max_queue_delay_microseconds)),
-            max_queue_size: if queue.max_queue_size > 0 { queue.max_queue_size as usize } else { DEFAULT_QUEUE_SIZE },
-        };
-        Queueing {
-            policy,
-            default_timeout: (queue.default_timeout_microseconds > 0)
-                .then(|| Duration::from_micros(queue.default_timeout_microseconds)),
-            allow_override: queue.allow_timeout_override,
-            reject_on_timeout: queue.timeout_action == pb::model_queue_policy::TimeoutAction::Reject as i32,
-        }
-    }
-
-    /// When a request admitted at `now` is dropped from the queue: the
-    /// earlier of the client's deadline and the queue policy's timeout.
-    fn deadline(&self, now: Instant, request: &InferRequest) -> Option<Instant> {
-        let timeout = match (self.default_timeout, request.timeout) {
-            (Some(default), Some(asked)) if self.allow_override => Some(asked.min(default)),
-            (Some(default), _) => Some(default),
-            // No queue policy timeout: the request's own applies.
-            (None, asked) => asked,
-        };
-        let queue_deadline =
-            timeout.filter(|_| self.reject_on_timeout || self.default_timeout.is_none()).map(|t| now + t);
-        match (request.deadline, queue_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
 /// Server-wide facts that shape how a version is loaded.
 #[derive(Debug, Clone, Copy)]
 pub struct LoadContext {
@@ -157,6 +100,26 @@ pub struct LoadContext {
     pub slo: SloConfig,
     /// The latency histogram's bucket boundaries (--latency-buckets).
     pub latency_buckets: &'static [f64],
+    /// Refuse requests predicted to miss their latency target, for models
+    /// whose config does not set `slo_admission` (--slo-admission).
+    pub slo_admission: bool,
+}
+
+/// A model's SLOs: its `slo_*` parameters over the server's defaults, and
+/// whether they are valid (when not, the defaults apply).
+pub fn slo_settings(config: &pb::ModelConfig, context: &LoadContext) -> (SloConfig, Result<(), String>) {
+    let defaults = context.slo;
+    let wanted = SloConfig {
+        latency_threshold: config::decimal_parameter(config, "slo_latency_seconds")
+            .unwrap_or(defaults.latency_threshold),
+        latency_objective: config::decimal_parameter(config, "slo_latency_objective")
+            .unwrap_or(defaults.latency_objective),
+        availability_objective: config::decimal_parameter(config, "slo_availability_objective")
+            .unwrap_or(defaults.availability_objective),
+        ..defaults
+    };
+    let checked = wanted.validate(context.latency_buckets);
+    (if checked.is_ok() { wanted } else { defaults }, checked)
 }
 
 impl ModelVersion {
@@ -199,12 +162,34 @@ impl ModelVersion {
         for session in &mut sessions {
             warmup::run(session, &config, &io, model_dir)?;
         }
-        let queueing = Queueing::from_config(&config);
+        let queueing = Queueing::from_config(&config, instances);
+        // What a batch costs, one run per power-of-two size, before ready.
+        let profile = warmup::profile(&mut sessions[0], &io, queueing.policy.max_batch_size);
         let label = version.to_string();
         let stats = Arc::new(VersionStats::default());
         let labels = Labels { model: name.clone(), version: label.clone() };
         let metrics = VersionMetrics::new(&name, &label);
-        let scheduler = Scheduler::start(labels, sessions, queueing.policy.clone(), stats.clone(), metrics.clone());
+        let slo = Duration::from_secs_f64(slo_settings(&config, &context).0.latency_threshold);
+        let admission = config::decimal_parameter(&config, "slo_admission").map_or(context.slo_admission, |v| v != 0.0);
+        let scheduler = Scheduler::start(
+            labels,
+            sessions,
+            queueing.policy.clone(),
+            &profile,
+            (slo, admission),
+            stats.clone(),
+            metrics.clone(),
+        );
+        let (target, attainable) = scheduler.latency_target();
+        if !attainable {
+            tracing::warn!(
+                model = %name,
+                version,
+                slo_ms = slo.as_secs_f64() * 1e3,
+                target_ms = target.as_secs_f64() * 1e3,
+                "the latency SLO is shorter than one execution at batch 1; admission aims at twice that execution"
+            );
+        }
         let admission = limit_config(&config, context.adaptive_concurrency)
             .map(|limits| VersionAdmission::new(&name, &label, limits));
         let breaker = VersionBreaker::new(&name, &label, breaker_config(&config));
@@ -261,9 +246,9 @@ impl ModelVersion {
         ticket: BreakerTicket<'_>,
     ) -> Result<InferResponse> {
         let permit = self.admission.as_ref().map(|a| a.try_enter()).transpose()?;
-        let deadline = self.queueing.deadline(Instant::now(), &request);
-        let outputs =
-            self.scheduler.submit(prepared.inputs, prepared.rows, prepared.group, deadline, request.trace.take());
+        let deadline = self.queueing.deadline(Instant::now(), &request, prepared.level);
+        let placement = Placement { rows: prepared.rows, group: prepared.group, level: prepared.level, deadline };
+        let outputs = self.scheduler.submit(prepared.inputs, placement, request.trace.take());
         let outputs = match request.deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
                 .await
@@ -284,6 +269,25 @@ impl ModelVersion {
         })
     }
 
+    /// What RepositoryIndex says of the version's SLO when it cannot be met
+    /// at all: one execution at batch 1 takes longer than the threshold.
+    pub fn slo_note(&self) -> Option<String> {
+        let (target, attainable) = self.scheduler.latency_target();
+        let single = self.scheduler.execution_costs().first().and_then(|&(_, t)| t)?;
+        (!attainable).then(|| {
+            format!(
+                "latency SLO unattainable: one execution at batch 1 takes {:.1} ms; admission aims at {:.1} ms",
+                single.as_secs_f64() * 1e3,
+                target.as_secs_f64() * 1e3
+            )
+        })
+    }
+
+    /// The cost model: predicted execution time per power-of-two batch size.
+    pub fn execution_costs(&self) -> Vec<(usize, Option<Duration>)> {
+        self.scheduler.execution_costs()
+    }
+
     /// Answers every queued request UNAVAILABLE (shutdown); returns how many.
     pub fn reject_queued(&self, reason: &str) -> usize {
         self.scheduler.reject_queued(reason)
@@ -294,6 +298,7 @@ impl ModelVersion {
     /// key that decides which requests may share a batch.
     fn prepare(&self, request: &InferRequest) -> Result<Prepared> {
         self.limits.check_counts(request)?;
+        let level = self.queueing.level(request.priority)?;
         let batching = self.io.max_batch_size > 0;
         let mut batch: Option<i64> = None;
         let mut by_position: Vec<Option<&Tensor>> = vec![None; self.io.inputs.len()];
@@ -367,7 +372,7 @@ impl ModelVersion {
             }
         }
         self.limits.check_elements(request)?;
-        Ok(Prepared { inputs, rows: batch.unwrap_or(1) as usize, group: group.finish() })
+        Ok(Prepared { inputs, rows: batch.unwrap_or(1) as usize, group: group.finish(), level })
     }
 
     fn input_position(&self, name: &str) -> Result<usize> {
@@ -414,6 +419,8 @@ struct Prepared {
     inputs: Vec<Tensor>,
     rows: usize,
     group: u64,
+    /// The priority level's queue, 0 the highest.
+    level: usize,
 }
 
 /// The shape a client must send: [-1, dims...] when batching.

@@ -7,6 +7,7 @@ use crate::pb::model_warmup::input::InputDataType;
 use crate::runtime::{RunInput, Session};
 use crate::tensor::{DataType, element_count, encode_bytes_elements};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Runs every warmup sample `count` times on `session`. A configured sample
 /// that fails is a load error; the synthetic one only logs.
@@ -68,6 +69,55 @@ pub fn run(session: &mut Session, config: &pb::ModelConfig, io: &ModelIo, model_
         }
     }
     Ok(())
+}
+
+/// Profiling runs slower than this are not repeated (the second run of a
+/// size is the one that counts: the first may size ONNX Runtime's buffers).
+const REPEAT_BELOW: Duration = Duration::from_millis(50);
+
+/// Measures one zero-filled batch per power-of-two size up to
+/// `max_batch_size` (and that size itself; just 1 without batching): the
+/// seed of the version's cost model. A size that fails ends the profile
+/// (the model may need real data); the cost model then learns from traffic.
+pub fn profile(session: &mut Session, io: &ModelIo, max_batch_size: usize) -> Vec<(usize, Duration)> {
+    let batching = io.max_batch_size > 0;
+    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |&s| s.checked_mul(2))
+        .take_while(|&s| s < max_batch_size.max(1))
+        .collect();
+    sizes.push(max_batch_size.max(1));
+    let mut measured = Vec::new();
+    for rows in sizes {
+        let inputs: Result<Vec<Sample>, String> = io
+            .inputs
+            .iter()
+            .map(|spec| {
+                let mut shape: Vec<i64> = spec.graph_dims.iter().map(|&d| if d < 0 { 1 } else { d }).collect();
+                if batching {
+                    shape[0] = rows as i64;
+                }
+                Sample::zeros(&spec.name, spec.datatype, shape)
+            })
+            .collect();
+        let runs = inputs.and_then(|inputs| {
+            let started = Instant::now();
+            execute(session, &inputs)?;
+            let mut elapsed = started.elapsed();
+            if elapsed < REPEAT_BELOW {
+                let again = Instant::now();
+                execute(session, &inputs)?;
+                elapsed = again.elapsed();
+            }
+            Ok(elapsed)
+        });
+        match runs {
+            Ok(elapsed) => measured.push((rows, elapsed)),
+            Err(e) => {
+                tracing::debug!(rows, error = %e, "cost profile stopped; the cost model learns from traffic");
+                break;
+            }
+        }
+    }
+    measured
 }
 
 struct Sample {

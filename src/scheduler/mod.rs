@@ -5,7 +5,9 @@
 //! instance is busy. The async side only pushes under a short lock and
 //! awaits a oneshot; no tokio worker thread ever waits on the model.
 
+mod arrivals;
 pub mod batch;
+pub mod cost;
 pub mod policy;
 mod worker;
 
@@ -15,9 +17,9 @@ use crate::telemetry::{self, VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
 use opentelemetry::trace::SpanContext;
 use parking_lot::{Condvar, Mutex};
-use policy::{BatchQueue, Policy};
+use policy::{Arrival, BatchQueue, Policy, Refusal};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 /// One request, validated, with inputs in the model's input order and
@@ -53,6 +55,39 @@ struct Shared {
     metrics: VersionMetrics,
     /// Instance threads still running; the last to exit returns the memory.
     live_workers: std::sync::atomic::AtomicUsize,
+    /// The model's latency SLO threshold; admission aims requests at it.
+    slo: Duration,
+    /// Whether requests are refused at arrival when predicted late.
+    admission: bool,
+    /// `ferroserve_model_execution_seconds` per size class and
+    /// `ferroserve_slo_attainable`, refreshed by the instances.
+    cost_gauges: telemetry::CostGauges,
+}
+
+/// The server's own time around one execution (decode, queueing,
+/// answering), added where a target is derived from execution times.
+pub const OVERHEAD: Duration = Duration::from_millis(1);
+
+/// What a version aims its requests at: its SLO threshold, or, when one
+/// execution at batch 1 already takes longer, twice that execution plus the
+/// server's overhead (the SLO is then not attainable).
+pub fn latency_target(slo: Duration, single: Option<Duration>) -> (Duration, bool) {
+    match single {
+        Some(single) if single > slo => (2 * single + OVERHEAD, false),
+        _ => (slo, true),
+    }
+}
+
+/// How a request enters the queue, beyond its tensors.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement {
+    pub rows: usize,
+    /// Hash of the non-batch dims: only equal groups share a batch.
+    pub group: u64,
+    /// Priority level, 0 the highest.
+    pub level: usize,
+    /// Dropped unrun once passed, or once its batch would end after it.
+    pub deadline: Option<Instant>,
 }
 
 struct Queue {
@@ -67,25 +102,38 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// Starts one OS thread per session.
+    /// Starts one OS thread per session. `profile` seeds the cost model
+    /// (rows, execution time); `slo` is the model's latency threshold and
+    /// `admission` whether requests predicted to miss it are refused.
     pub fn start(
         labels: Labels,
         sessions: Vec<Session>,
         policy: Policy,
+        profile: &[(usize, Duration)],
+        (slo, admission): (Duration, bool),
         stats: Arc<VersionStats>,
         metrics: VersionMetrics,
     ) -> Self {
         let batching = policy.max_batch_size > 0;
+        let mut jobs = BatchQueue::new(policy);
+        for &(rows, elapsed) in profile {
+            jobs.learn(rows, elapsed);
+        }
+        let cost_gauges = telemetry::CostGauges::new(&labels.model, &labels.version, &jobs.cost().classes());
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { jobs: BatchQueue::new(policy), closed: false }),
+            queue: Mutex::new(Queue { jobs, closed: false }),
             wake: Condvar::new(),
             labels: labels.clone(),
             stats,
             metrics,
             live_workers: std::sync::atomic::AtomicUsize::new(sessions.len()),
+            slo,
+            admission,
+            cost_gauges,
         });
+        shared.publish_cost(&shared.queue.lock().jobs);
         for (index, session) in sessions.into_iter().enumerate() {
-            let worker = worker::Worker { shared: shared.clone(), session, batching };
+            let worker = worker::Worker { shared: shared.clone(), session, batching, index, done: None };
             std::thread::Builder::new()
                 .name(format!("{}-{}-{index}", labels.model, labels.version))
                 .spawn(move || worker.run())
@@ -95,31 +143,37 @@ impl Scheduler {
     }
 
     /// Queues `inputs` and waits for the outputs (in the graph's output
-    /// order). `group` keys the non-batch shape; `deadline` drops the job
-    /// unrun once passed; `trace` is the request's span, when traced.
-    /// Refuses at once when the queue is full.
+    /// order). `trace` is the request's span, when traced. Refuses at once
+    /// when the queue is full or, with admission on, when the request is
+    /// predicted to complete after the earlier of its deadline and its
+    /// latency target.
     pub async fn submit(
         &self,
         inputs: Vec<Tensor>,
-        rows: usize,
-        group: u64,
-        deadline: Option<Instant>,
+        placement: Placement,
         trace: Option<SpanContext>,
     ) -> Result<Vec<Tensor>> {
         let (reply, outputs) = oneshot::channel();
         let now = Instant::now();
-        let job = Job { inputs, rows, enqueued: now, reply, trace };
+        let job = Job { inputs, rows: placement.rows, enqueued: now, reply, trace };
         {
             let mut queue = self.shared.queue.lock();
             if queue.closed {
                 return Err(Error::Unavailable("the model version is unloading".into()));
             }
-            if let Err((_, full)) = queue.jobs.push(job, rows, group, now, deadline) {
-                telemetry::record_shed(&self.shared.labels.model, &self.shared.labels.version, "queue_full");
-                return Err(Error::Overloaded(format!(
-                    "the queue of model '{}' version {} is full ({} requests)",
-                    self.shared.labels.model, self.shared.labels.version, full.0
-                )));
+            let (target, _) = latency_target(self.shared.slo, queue.jobs.cost().predict(1));
+            let by_slo = now + target;
+            let admit_by = self.shared.admission.then(|| placement.deadline.map_or(by_slo, |d| d.min(by_slo)));
+            let arrival = Arrival {
+                rows: placement.rows,
+                group: placement.group,
+                level: placement.level,
+                deadline: placement.deadline,
+                admit_by,
+            };
+            if let Err((_, refusal)) = queue.jobs.push(job, arrival, now) {
+                drop(queue);
+                return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < by_slo), target));
             }
             self.shared.metrics.set_queue_depth(queue.jobs.len());
         }
@@ -131,6 +185,48 @@ impl Scheduler {
         let result = outputs.await;
         abandoned.disarm();
         result.map_err(|_| Error::internal("the model instance stopped before answering"))?
+    }
+
+    /// Counts and words a refusal; `by_deadline` when the request's own
+    /// deadline was the tighter bound.
+    fn refused(&self, refusal: Refusal, by_deadline: bool, target: Duration) -> Error {
+        let Labels { model, version } = &self.shared.labels;
+        match refusal {
+            Refusal::QueueFull(size) => {
+                telemetry::record_shed(model, version, "queue_full");
+                Error::Overloaded(format!("the queue of model '{model}' version {version} is full ({size} requests)"))
+            }
+            Refusal::Late { predicted, rows_ahead } => {
+                let predicted_ms = predicted.as_secs_f64() * 1e3;
+                if by_deadline {
+                    telemetry::record_shed(model, version, "deadline");
+                    Error::Overloaded(format!(
+                        "model '{model}' version {version} cannot answer before the request's deadline: \
+                         predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead"
+                    ))
+                } else {
+                    telemetry::record_shed(model, version, "slo");
+                    Error::Overloaded(format!(
+                        "model '{model}' version {version} cannot answer within its latency target of {:.1} ms: \
+                         predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead",
+                        target.as_secs_f64() * 1e3
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The model's latency target and whether its SLO is attainable, from
+    /// the cost learnt so far.
+    pub fn latency_target(&self) -> (Duration, bool) {
+        latency_target(self.shared.slo, self.shared.queue.lock().jobs.cost().predict(1))
+    }
+
+    /// The predicted execution time per power-of-two batch size class.
+    pub fn execution_costs(&self) -> Vec<(usize, Option<Duration>)> {
+        let queue = self.shared.queue.lock();
+        let cost = queue.jobs.cost();
+        cost.classes().into_iter().map(|rows| (rows, cost.predict(rows))).collect()
     }
 
     /// Closes the queue and answers everything in it UNAVAILABLE with
@@ -171,9 +267,32 @@ impl Drop for Abandoned<'_> {
     }
 }
 
+impl Shared {
+    /// Exports the cost model's predictions and whether the SLO is attainable.
+    fn publish_cost(&self, jobs: &BatchQueue<Job>) {
+        let cost = jobs.cost();
+        let classes = cost.classes().into_iter().map(|rows| cost.predict(rows));
+        let (_, attainable) = latency_target(self.slo, cost.predict(1));
+        self.cost_gauges.set(classes, attainable);
+    }
+}
+
 impl Drop for Scheduler {
     fn drop(&mut self) {
         self.shared.queue.lock().closed = true;
         self.shared.wake.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_slo_shorter_than_one_execution_aims_at_twice_it() {
+        let ms = Duration::from_millis;
+        assert_eq!(latency_target(ms(25), Some(ms(5))), (ms(25), true));
+        assert_eq!(latency_target(ms(25), None), (ms(25), true), "nothing learnt: the SLO");
+        assert_eq!(latency_target(ms(25), Some(ms(40))), (ms(81), false));
     }
 }

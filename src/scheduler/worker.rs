@@ -8,18 +8,27 @@ use crate::runtime::{RunInput, Session};
 use crate::telemetry::trace;
 use opentelemetry::KeyValue;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How often an instance refreshes the cost gauges.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 pub(super) struct Worker {
     pub shared: Arc<Shared>,
     pub session: Session,
     pub batching: bool,
+    /// This instance's place among the version's instances.
+    pub index: usize,
+    /// The batch this instance last ran: rows and execution time when it
+    /// succeeded; handed to the cost model at the next lock.
+    pub done: Option<Option<(usize, Duration)>>,
 }
 
 impl Worker {
     pub fn run(mut self) {
         let mut expired = Vec::new();
-        while let Some(jobs) = self.next_batch(&mut expired) {
+        let mut publish_at = Instant::now() + PUBLISH_EVERY;
+        while let Some(jobs) = self.next_batch(&mut expired, &mut publish_at) {
             for job in expired.drain(..) {
                 let _ = job
                     .reply
@@ -38,15 +47,28 @@ impl Worker {
         }
     }
 
-    /// Blocks until a batch may run; None once the queue is closed and empty.
-    fn next_batch(&self, expired: &mut Vec<Job>) -> Option<Vec<Job>> {
+    /// Blocks until a batch may run; None once the queue is closed and
+    /// empty. First hands the last batch's cost to the cost model.
+    fn next_batch(&mut self, expired: &mut Vec<Job>, publish_at: &mut Instant) -> Option<Vec<Job>> {
         let mut queue = self.shared.queue.lock();
+        if let Some(ran) = self.done.take() {
+            queue.jobs.finished(self.index, ran);
+            let now = Instant::now();
+            if now >= *publish_at {
+                *publish_at = now + PUBLISH_EVERY;
+                self.shared.publish_cost(&queue.jobs);
+            }
+        }
         loop {
-            let decision = queue.jobs.next_batch(Instant::now(), |job| job.reply.is_closed(), expired);
+            let now = Instant::now();
+            let decision = queue.jobs.next_batch(now, |job| job.reply.is_closed(), expired);
             let more = !queue.jobs.is_empty();
             self.shared.metrics.set_queue_depth(queue.jobs.len());
             match decision {
                 Decision::Run(jobs) => {
+                    let rows = jobs.iter().map(|j| j.rows).sum();
+                    queue.jobs.started(self.index, now, rows, jobs.len());
+                    self.done = Some(None);
                     drop(queue);
                     if more {
                         self.shared.wake.notify_one(); // another idle instance may take the rest
@@ -90,6 +112,7 @@ impl Worker {
         let labels = &shared.labels;
         let outputs = match result {
             Ok((outputs, times)) => {
+                self.done = Some(Some((total, compute)));
                 shared.stats.record_execution(total as u64, jobs.len() as u64, times);
                 let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
                 shared.metrics.record_execution(queued, compute, total);

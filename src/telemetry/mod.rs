@@ -43,6 +43,11 @@ pub const CANARY_WEIGHT: &str = "ferroserve_canary_weight";
 pub const CANARY_ROLLBACKS_TOTAL: &str = "ferroserve_canary_rollbacks_total";
 /// Model versions taken out of service: retired by a reload, or unloaded.
 pub const MODEL_UNLOADS_TOTAL: &str = "ferroserve_model_unloads_total";
+/// A version's predicted execution time per batch size class (powers of
+/// two and max_batch_size), seconds: its cost model.
+pub const EXECUTION_SECONDS: &str = "ferroserve_model_execution_seconds";
+/// 1 when one execution at batch 1 fits the model's latency SLO, else 0.
+pub const SLO_ATTAINABLE: &str = "ferroserve_slo_attainable";
 /// Versions currently ready to serve.
 pub const MODELS_READY: &str = "ferroserve_models_ready";
 /// Inference requests inside the whole server (admitted, not yet answered).
@@ -96,6 +101,12 @@ fn describe() {
     metrics::describe_counter!(BREAKER_TRANSITIONS_TOTAL, "Circuit breaker transitions, by the state entered");
     metrics::describe_counter!(MODEL_LOADS_TOTAL, "Model version loads, by outcome");
     metrics::describe_gauge!(MODELS_READY, "Model versions ready to serve");
+    metrics::describe_gauge!(
+        EXECUTION_SECONDS,
+        metrics::Unit::Seconds,
+        "Predicted execution time per batch size class (the cost model)"
+    );
+    metrics::describe_gauge!(SLO_ATTAINABLE, "1 when one execution at batch 1 fits the latency SLO, else 0");
     metrics::describe_counter!(MODEL_UNLOADS_TOTAL, "Model versions taken out of service, by cause");
     metrics::describe_gauge!(CANARY_WEIGHT, "Share of unpinned requests (0-100) sent to the canary version");
     metrics::describe_counter!(CANARY_ROLLBACKS_TOTAL, "Canary rollbacks, by who rolled back");
@@ -147,6 +158,36 @@ impl AdmissionGauges {
     pub fn set(&self, limit: u32, in_flight: u32) {
         self.limit.set(f64::from(limit));
         self.in_flight.set(f64::from(in_flight));
+    }
+}
+
+/// The cost model's gauges of one version.
+pub struct CostGauges {
+    /// One per batch size class, in the order of `classes`.
+    execution: Vec<metrics::Gauge>,
+    attainable: metrics::Gauge,
+}
+
+impl CostGauges {
+    pub fn new(model: &str, version: &str, classes: &[usize]) -> Self {
+        let gauge = |rows: usize| {
+            metrics::gauge!(EXECUTION_SECONDS, "model" => model.to_string(), "version" => version.to_string(), "batch" => rows.to_string())
+        };
+        CostGauges {
+            execution: classes.iter().map(|&rows| gauge(rows)).collect(),
+            attainable: metrics::gauge!(SLO_ATTAINABLE, "model" => model.to_string(), "version" => version.to_string()),
+        }
+    }
+
+    /// Sets each class's predicted time (in `new`'s order; unknown ones are
+    /// left alone) and whether the SLO is attainable.
+    pub fn set(&self, predicted: impl Iterator<Item = Option<Duration>>, attainable: bool) {
+        for (gauge, time) in self.execution.iter().zip(predicted) {
+            if let Some(time) = time {
+                gauge.set(time.as_secs_f64());
+            }
+        }
+        self.attainable.set(if attainable { 1.0 } else { 0.0 });
     }
 }
 

@@ -4,7 +4,7 @@ use super::contents;
 use crate::api::{describe, grpc_status};
 use crate::config::ControlMode;
 use crate::error::{Error, Result};
-use crate::infer::{InferRequest, InferResponse, TIMEOUT_PARAMETER};
+use crate::infer::{InferRequest, InferResponse, PRIORITY_PARAMETER, TIMEOUT_PARAMETER};
 use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
 use crate::server::State;
@@ -71,6 +71,12 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         Some(Some(pb::infer_parameter::ParameterChoice::Uint64Param(v))) if *v > 0 => Some(*v),
         Some(_) => return Err(Error::invalid(TIMEOUT_PARAMETER)),
     };
+    let priority = match request.parameters.get("priority").map(|p| &p.parameter_choice) {
+        None => None,
+        Some(Some(pb::infer_parameter::ParameterChoice::Int64Param(v))) if *v >= 0 => Some(*v as u64),
+        Some(Some(pb::infer_parameter::ParameterChoice::Uint64Param(v))) => Some(*v),
+        Some(_) => return Err(Error::invalid(PRIORITY_PARAMETER)),
+    };
     if let Some(key) =
         ["sequence_id", "sequence_start", "sequence_end"].iter().find(|k| request.parameters.contains_key(**k))
     {
@@ -94,6 +100,7 @@ pub fn decode_request(request: pb::ModelInferRequest, deadline: Option<Instant>)
         outputs,
         deadline,
         timeout: timeout.map(Duration::from_micros),
+        priority,
         trace: None,
     })
 }

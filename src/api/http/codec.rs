@@ -4,7 +4,7 @@
 
 use super::json as tensor_json;
 use crate::error::{Error, Result};
-use crate::infer::{InferRequest, InferResponse, TIMEOUT_PARAMETER};
+use crate::infer::{InferRequest, InferResponse, PRIORITY_PARAMETER, TIMEOUT_PARAMETER};
 use crate::tensor::{DataType, Tensor};
 use bytes::Bytes;
 use serde::Deserialize;
@@ -135,6 +135,10 @@ pub fn decode(
         None => None,
         Some(v) => Some(v.as_u64().filter(|&us| us > 0).ok_or_else(|| Error::invalid(TIMEOUT_PARAMETER))?),
     };
+    let priority = match request.parameters.get("priority") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| Error::invalid(PRIORITY_PARAMETER))?),
+    };
     let infer = InferRequest {
         model_name: model.to_string(),
         model_version: version.to_string(),
@@ -143,6 +147,7 @@ pub fn decode(
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
         deadline: None,
         timeout: timeout.map(std::time::Duration::from_micros),
+        priority,
         trace: None,
     };
     Ok((infer, OutputEncoding { binary_default, explicit }))
