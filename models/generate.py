@@ -843,6 +843,80 @@ def build_slow():
     return model
 
 
+def build_slow_batch():
+    # The slow model with a batch dimension: y = x + 1 (x of any width)
+    # after a Loop of max(spin) iterations, so one request with a large spin
+    # keeps the only instance busy while batchable requests queue behind it.
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
+         helper.make_node("Add", ["count_in", "one"], ["count_out"], name="count")],
+        "spin_body",
+        [tensor("iteration", TensorProto.INT64, []),
+         tensor("cond_in", TensorProto.BOOL, []),
+         tensor("count_in", TensorProto.FLOAT, [1])],
+        [tensor("cond_out", TensorProto.BOOL, []),
+         tensor("count_out", TensorProto.FLOAT, [1])],
+    )
+    nodes = [
+        helper.make_node("ReduceMax", ["spin"], ["trip_count"], keepdims=0, name="trip_count"),
+        helper.make_node("Loop", ["trip_count", "", "count0"], ["count"], name="spin", body=body),
+        helper.make_node("Mul", ["count", "zero"], ["nothing"], name="discard"),
+        helper.make_node("Add", ["x", "one"], ["x_plus_one"], name="plus_one"),
+        helper.make_node("Add", ["x_plus_one", "nothing"], ["y"], name="keep_loop"),
+    ]
+    graph = helper.make_graph(
+        nodes, "slow_batch",
+        [tensor("x", TensorProto.FLOAT, ["N", "W"]),
+         tensor("spin", TensorProto.INT64, ["N", 1])],
+        [tensor("y", TensorProto.FLOAT, ["N", "W"])],
+        [init("count0", np.array([0.0], dtype=np.float32)),
+         init("one", np.array([1.0], dtype=np.float32)),
+         init("zero", np.array([0.0], dtype=np.float32))],
+    )
+    model = make_model(graph)
+    sess = session(model)
+    x = np.array([[2.5], [4.0]], dtype=np.float32)
+    (y,) = sess.run(None, {"x": x, "spin": np.array([[0], [1000]], dtype=np.int64)})
+    check_equal("slow_batch", y, x + np.float32(1))
+    return model
+
+
+SLOW_BATCH_CONFIG = """
+# y = x + 1 (rows of any width) after a Loop of max(spin) iterations (about
+# 1 us each on CPU), batching: a request with a large spin holds the
+# instance while others queue behind it.
+name: "slow_batch"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  },
+  {
+    name: "spin"
+    data_type: TYPE_INT64
+    dims: [ 1 ]
+  }
+]
+output [
+  {
+    name: "y"
+    data_type: TYPE_FP32
+    dims: [ -1 ]
+  }
+]
+dynamic_batching { }
+instance_group [
+  {
+    count: 1
+    kind: KIND_CPU
+  }
+]
+"""
+
+
 SLOW_CONFIG = """
 # y = x + 1 after a Loop of spin iterations (about 1 us each on CPU).
 name: "slow"
@@ -909,6 +983,8 @@ def generate_tests(out):
     write_config(out, "failing", FAILING_CONFIG)
     write_model(out, "slow", build_slow())
     write_config(out, "slow", SLOW_CONFIG)
+    write_model(out, "slow_batch", build_slow_batch())
+    write_config(out, "slow_batch", SLOW_BATCH_CONFIG)
     # A canary pair: version 1 never fails, version 2 fails whenever fail != 0.
     write_model(out, "canary", build_steady(), version=1)
     write_model(out, "canary", build_failing(), version=2)

@@ -6,38 +6,18 @@
 mod common;
 mod grpc_support;
 
-use common::{GrpcClient, Server, shipped_models};
-use ferroserve::pb;
+use common::{Server, shipped_models, test_models};
 use grpc_support::*;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-/// An mlp copy named `name` that waits up to 30 s to fill a batch of 4.
+/// A copy of the test model slow_batch named `name` (batches of up to 4,
+/// one instance), with `extra` config.
 fn slow_model(root: &std::path::Path, name: &str, extra: &str) {
     let dir = root.join(name);
     std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::copy(shipped_models().join("mlp/1/model.onnx"), dir.join("1/model.onnx")).unwrap();
-    std::fs::write(
-        dir.join("config.pbtxt"),
-        format!("max_batch_size: 4\ndynamic_batching {{ max_queue_delay_microseconds: 30000000 }}\n{extra}"),
-    )
-    .unwrap();
-}
-
-/// Starts a request on "slow" that waits in its queue (for up to 5 s, long
-/// enough for a busy machine to make its checks meanwhile) and returns once it
-/// is queued.
-async fn hold_a_queue_slot(
-    server: &Server,
-    client: &GrpcClient,
-) -> tokio::task::JoinHandle<Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>> {
-    let mut holder = client.clone();
-    let mut held = mlp_request(1);
-    held.model_name = "slow".into();
-    let held = with_timeout_parameter(held, 5_000_000);
-    let call = tokio::spawn(async move { holder.model_infer(held).await });
-    wait_for_queue_depth(server, "slow", 1.0).await;
-    call
+    std::fs::copy(test_models().join("slow_batch/1/model.onnx"), dir.join("1/model.onnx")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), format!("max_batch_size: 4\ndynamic_batching {{ }}\n{extra}")).unwrap();
 }
 
 async fn metric(server: &Server, prefix: &str) -> Option<f64> {
@@ -51,8 +31,8 @@ async fn the_server_in_flight_cap_refuses_at_once_with_retry_hints() {
     slow_model(repo.path(), "slow", "");
     let server = Server::start(repo.path(), &["--max-inflight", "1"]);
     let mut client = server.grpc_client().await;
-    // One request holds the only slot (it waits for a batch, up to 5 s).
-    let call = hold_a_queue_slot(&server, &client).await;
+    // One request holds the only slot (about a second and a half of work).
+    let call = occupy_instance(&server, &client, "slow", 1_500_000).await;
 
     let started = Instant::now();
     let refused = client.model_infer(mlp_request(1)).await.unwrap_err();
@@ -70,12 +50,9 @@ async fn the_server_in_flight_cap_refuses_at_once_with_retry_hints() {
     let shed = metric(&server, "ferroserve_shed_total{model=\"\",version=\"\",reason=\"server_inflight\"}").await;
     assert_eq!(shed, Some(2.0));
 
-    // The holder times out in the queue; the slot frees and work flows again
-    // (a full batch of 4 runs at once).
-    expect_error(call.await.unwrap(), Code::DeadlineExceeded, &[]);
-    let mut full = mlp_request(4);
-    full.model_name = "slow".into();
-    check_mlp_response(&client.model_infer(full).await.unwrap().into_inner(), 4);
+    // The holder finishes; the slot frees and work flows again.
+    call.await.unwrap().expect("the holder is answered");
+    client.model_infer(slow_batch_request("slow", &[0; 4], 1.0)).await.expect("a batch of 4 after the holder");
 }
 
 #[tokio::test]
@@ -84,20 +61,24 @@ async fn a_full_queue_is_counted_as_shed() {
     slow_model(repo.path(), "slow", "");
     std::fs::write(
         repo.path().join("slow/config.pbtxt"),
-        "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 30000000 default_queue_policy { max_queue_size: 1 } }\n",
+        "max_batch_size: 4\ndynamic_batching { default_queue_policy { max_queue_size: 1 } }\n",
     )
     .unwrap();
     let server = Server::start(repo.path(), &[]);
     let mut client = server.grpc_client().await;
-    let call = hold_a_queue_slot(&server, &client).await;
-    let mut second = mlp_request(1);
-    second.model_name = "slow".into();
-    let refused = client.model_infer(second).await.unwrap_err();
+    let busy = occupy_instance(&server, &client, "slow", 1_500_000).await;
+    // One request waits behind it: the queue is full.
+    let mut waiting = client.clone();
+    let held = tokio::spawn(async move { waiting.model_infer(slow_batch_request("slow", &[0], 1.0)).await });
+    wait_for_queue_depth(&server, "slow", 1.0).await;
+    let refused = client.model_infer(slow_batch_request("slow", &[0], 2.0)).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(refused.message().contains("is full"), "{}", refused.message());
     assert_eq!(refused.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
     let shed = metric(&server, "ferroserve_shed_total{model=\"slow\",version=\"1\",reason=\"queue_full\"}").await;
     assert_eq!(shed, Some(1.0));
-    expect_error(call.await.unwrap(), Code::DeadlineExceeded, &[]);
+    busy.await.unwrap().expect("the busy request is answered");
+    held.await.unwrap().expect("the queued request runs once the instance frees");
 }
 
 fn parameter(key: &str, value: &str) -> String {
@@ -140,20 +121,19 @@ async fn requests_over_the_shape_limits_are_refused_naming_the_flag() {
 #[tokio::test]
 async fn a_model_default_timeout_applies_when_the_client_sets_none() {
     let repo = tempfile::tempdir().unwrap();
-    // Waits 30 s for a batch of 4 that never comes; its default timeout is 200 ms.
     slow_model(repo.path(), "slow", &parameter("request_timeout_ms", "200"));
     let server = Server::start(repo.path(), &[]);
     let mut client = server.grpc_client().await;
-    let mut request = mlp_request(1);
-    request.model_name = "slow".into();
+    // The instance is busy for a second; its default timeout is 200 ms.
+    let busy = occupy_instance(&server, &client, "slow", 1_000_000).await;
     let started = Instant::now();
-    expect_error(client.model_infer(request.clone()).await, Code::DeadlineExceeded, &["deadline"]);
+    let queued = client.model_infer(slow_batch_request("slow", &[0], 1.0)).await;
+    expect_error(queued, Code::DeadlineExceeded, &["deadline"]);
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(200) && waited < Duration::from_secs(10), "answered after {waited:?}");
-    // A full batch runs at once, well within the default.
-    let mut full = mlp_request(4);
-    full.model_name = "slow".into();
-    check_mlp_response(&client.model_infer(full).await.unwrap().into_inner(), 4);
+    busy.await.unwrap().expect("a client deadline replaces the default");
+    // With the instance free, a request runs well within the default.
+    client.model_infer(slow_batch_request("slow", &[0; 4], 1.0)).await.expect("runs at once");
 }
 
 #[tokio::test]
@@ -162,9 +142,7 @@ async fn the_adaptive_limit_is_opt_in_and_exported() {
     slow_model(repo.path(), "adaptive", "parameters { key: \"adaptive_concurrency\" value { string_value: \"1\" } }\n");
     let server = Server::start(repo.path(), &[]);
     let mut client = server.grpc_client().await;
-    let mut request = mlp_request(4); // a full batch runs at once
-    request.model_name = "adaptive".into();
-    check_mlp_response(&client.model_infer(request).await.unwrap().into_inner(), 4);
+    client.model_infer(slow_batch_request("adaptive", &[0; 4], 1.0)).await.expect("a full batch runs at once");
     let limit = metric(&server, "ferroserve_concurrency_limit{model=\"adaptive\",version=\"1\"}").await;
     assert!(limit.is_some_and(|l| (4.0..=4096.0).contains(&l)), "limit {limit:?}");
     assert_eq!(metric(&server, "ferroserve_inflight_requests{model=\"adaptive\",version=\"1\"}").await, Some(0.0));

@@ -7,35 +7,31 @@
 mod common;
 mod grpc_support;
 
-use common::{Server, shipped_models};
+use common::{Server, shipped_models, test_models};
 use grpc_support::*;
 use std::time::{Duration, Instant};
 use tonic::Code;
 
-/// A repository with one mlp that waits up to 30 s to fill a batch of 4.
+/// A repository with one slow_batch copy named "slow" (one instance).
 fn slow_batching_repository() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
     let dir = repo.path().join("slow");
     std::fs::create_dir_all(dir.join("1")).unwrap();
-    std::fs::copy(shipped_models().join("mlp/1/model.onnx"), dir.join("1/model.onnx")).unwrap();
-    std::fs::write(
-        dir.join("config.pbtxt"),
-        "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 30000000 }\n",
-    )
-    .unwrap();
+    std::fs::copy(test_models().join("slow_batch/1/model.onnx"), dir.join("1/model.onnx")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), "max_batch_size: 4\ndynamic_batching { }\n").unwrap();
     repo
 }
 
-/// Sends one request to "slow" that can only run in 30 s (a batch of 4
-/// never forms) and returns once it waits in the queue.
+/// Keeps the instance of "slow" busy for longer than any test waits (the
+/// server exits under it), queues one request behind it and returns once
+/// it waits in the queue.
 async fn queue_one(
     server: &Server,
     client: &common::GrpcClient,
 ) -> tokio::task::JoinHandle<Result<tonic::Response<ferroserve::pb::ModelInferResponse>, tonic::Status>> {
+    drop(occupy_instance(server, client, "slow", 60_000_000).await);
     let mut waiting = client.clone();
-    let mut queued = mlp_request(1);
-    queued.model_name = "slow".into();
-    let call = tokio::spawn(async move { waiting.model_infer(queued).await });
+    let call = tokio::spawn(async move { waiting.model_infer(slow_batch_request("slow", &[0], 1.0)).await });
     wait_for_queue_depth(server, "slow", 1.0).await;
     call
 }
@@ -160,8 +156,7 @@ async fn while_draining_open_connections_are_answered_and_told_to_close() {
     }
     // ...but the open ones are still answered: new work is refused with a
     // reason, and HTTP/1 is told to close the connection.
-    let body =
-        r#"{"inputs":[{"name":"input","shape":[1,16],"datatype":"FP32","data":[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0]}]}"#;
+    let body = r#"{"inputs":[{"name":"x","shape":[1,1],"datatype":"FP32","data":[0]},{"name":"spin","shape":[1,1],"datatype":"INT64","data":[0]}]}"#;
     let infer = format!(
         "POST /v2/models/slow/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
@@ -170,8 +165,7 @@ async fn while_draining_open_connections_are_answered_and_told_to_close() {
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("shutting down"), "{answer}");
     assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
-    let mut refused_call = mlp_request(1);
-    refused_call.model_name = "slow".into();
+    let refused_call = slow_batch_request("slow", &[0], 2.0);
     expect_error(client.model_infer(refused_call).await, Code::Unavailable, &["shutting down"]);
     // At the deadline the queued request is answered, and the server exits 0.
     expect_error(held.await.unwrap(), Code::Unavailable, &["shutting down"]);

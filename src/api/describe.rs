@@ -8,6 +8,7 @@ use crate::repository::{ModelVersion, Repository};
 use crate::telemetry::Tally;
 use prost::Message;
 use prost_reflect::{DynamicMessage, SerializeOptions};
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
 pub fn server_metadata() -> pb::ServerMetadataResponse {
@@ -83,21 +84,45 @@ fn version_statistics(model: &ModelVersion) -> pb::ModelStatistics {
     }
 }
 
-/// Statistics of one version, every ready version of one model (empty
-/// version), or every ready model (empty name).
-pub fn statistics(repository: &Repository, name: &str, version: &str) -> Result<pb::ModelStatisticsResponse> {
-    let models = if name.is_empty() {
-        repository.all_ready()
-    } else if version.is_empty() {
+/// The versions statistics cover: one version, every ready version of one
+/// model (empty version), or every ready model (empty name).
+fn statistics_of(repository: &Repository, name: &str, version: &str) -> Result<Vec<Arc<ModelVersion>>> {
+    if name.is_empty() {
+        return Ok(repository.all_ready());
+    }
+    if version.is_empty() {
         let versions = repository.ready_versions(name);
         if versions.is_empty() {
             repository.get(name, version)?; // the precise error: unknown or not ready
         }
-        versions
-    } else {
-        vec![repository.get(name, version)?]
-    };
+        return Ok(versions);
+    }
+    Ok(vec![repository.get(name, version)?])
+}
+
+/// Triton's ModelStatistics of the versions `statistics_of` selects.
+pub fn statistics(repository: &Repository, name: &str, version: &str) -> Result<pb::ModelStatisticsResponse> {
+    let models = statistics_of(repository, name, version)?;
     Ok(pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| version_statistics(m)).collect() })
+}
+
+/// The statistics as Triton's REST API returns them, each version's entry
+/// with ferroserve's `execution_cost` added: the cost model's predicted
+/// execution time per power-of-two batch size.
+pub fn statistics_json(repository: &Repository, name: &str, version: &str) -> Result<serde_json::Value> {
+    let models = statistics_of(repository, name, version)?;
+    let response = pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| version_statistics(m)).collect() };
+    let mut json = to_json(&response, "inference.ModelStatisticsResponse")?;
+    let entries = json.get_mut("model_stats").and_then(|v| v.as_array_mut());
+    for (entry, model) in entries.into_iter().flatten().zip(&models) {
+        let costs: Vec<serde_json::Value> = model
+            .execution_costs()
+            .into_iter()
+            .filter_map(|(rows, time)| Some(serde_json::json!({"batch_size": rows, "seconds": time?.as_secs_f64()})))
+            .collect();
+        entry["execution_cost"] = serde_json::Value::Array(costs);
+    }
+    Ok(json)
 }
 
 pub fn repository_index(repository: &Repository, ready_only: bool) -> pb::RepositoryIndexResponse {

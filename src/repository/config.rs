@@ -409,7 +409,9 @@ fn check_batching(config: &pb::ModelConfig) -> Result<(), String> {
         ));
     }
     if let Some(bad) = batching.priority_queue_policy.keys().find(|&&level| !(1..=levels).contains(&level)) {
-        return Err(format!("dynamic_batching priority_queue_policy level {bad} is outside 1..={levels} (priority_levels)"));
+        return Err(format!(
+            "dynamic_batching priority_queue_policy level {bad} is outside 1..={levels} (priority_levels)"
+        ));
     }
     Ok(())
 }

@@ -54,9 +54,7 @@ impl Queueing {
         let default_queue = batching.and_then(|b| b.default_queue_policy).unwrap_or_default();
         let levels = batching.map_or(0, |b| b.priority_levels);
         let queues: Vec<pb::ModelQueuePolicy> = (1..=levels.max(1))
-            .map(|level| {
-                batching.and_then(|b| b.priority_queue_policy.get(&level).copied()).unwrap_or(default_queue)
-            })
+            .map(|level| batching.and_then(|b| b.priority_queue_policy.get(&level).copied()).unwrap_or(default_queue))
             .collect();
         let policy = Policy {
             // Without dynamic_batching every request runs alone, as in Triton.

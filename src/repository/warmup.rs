@@ -81,9 +81,8 @@ const REPEAT_BELOW: Duration = Duration::from_millis(50);
 /// (the model may need real data); the cost model then learns from traffic.
 pub fn profile(session: &mut Session, io: &ModelIo, max_batch_size: usize) -> Vec<(usize, Duration)> {
     let batching = io.max_batch_size > 0;
-    let mut sizes: Vec<usize> = std::iter::successors(Some(1usize), |&s| s.checked_mul(2))
-        .take_while(|&s| s < max_batch_size.max(1))
-        .collect();
+    let mut sizes: Vec<usize> =
+        std::iter::successors(Some(1usize), |&s| s.checked_mul(2)).take_while(|&s| s < max_batch_size.max(1)).collect();
     sizes.push(max_batch_size.max(1));
     let mut measured = Vec::new();
     for rows in sizes {

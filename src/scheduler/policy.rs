@@ -7,8 +7,9 @@
 //!   (same `group`) may join, highest level first and in arrival order
 //!   within a level, while the rows fit `max_batch_size`.
 //! - The batch size aimed for is the cost model's efficient size (the
-//!   smallest reaching 95% of the best rows/s; cost.rs), never above the
-//!   largest preferred size or `max_batch_size`, and cut so the leader's
+//!   smallest reaching 95% of the best rows/s; cost.rs), raised to the next
+//!   preferred size when the config lists some, never above the largest
+//!   preferred size or `max_batch_size`, and cut so the leader's
 //!   own execution still ends by its target (deadline or SLO). A batch
 //!   that reaches it runs at once.
 //! - Below it, a batch waits for company only while more rows can be
@@ -31,7 +32,7 @@
 //! - Without batching (`max_batch_size` 0) each request runs alone.
 
 use super::arrivals::Arrivals;
-use super::cost::CostModel;
+use super::cost::{CostModel, PER_EXECUTION};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
@@ -155,9 +156,13 @@ impl<J> BatchQueue<J> {
         self.policy.preferred.last().copied().unwrap_or(self.policy.max_batch_size).max(1)
     }
 
-    /// The batch size aimed for under load.
+    /// The batch size aimed for under load: the cost model's efficient
+    /// size, raised to the next preferred size when the config lists some
+    /// (the user's hint), never above the largest.
     fn target_size(&self) -> usize {
-        self.cost.efficient_batch().min(self.full_size()).max(1)
+        let efficient = self.cost.efficient_batch();
+        let preferred = self.policy.preferred.iter().copied().find(|&p| p >= efficient);
+        preferred.unwrap_or(efficient).min(self.full_size()).max(1)
     }
 
     /// Predicts how long after `now` a request of `rows` rows at `level`
@@ -297,8 +302,7 @@ impl<J> BatchQueue<J> {
     /// The (level, index) of each member of the next batch, in order; or
     /// what to do instead.
     fn choose(&self, now: Instant) -> Result<Vec<(usize, usize)>, Decision<J>> {
-        let Some((leader_level, leader)) =
-            self.levels.iter().enumerate().find_map(|(l, q)| q.front().map(|e| (l, e)))
+        let Some((leader_level, leader)) = self.levels.iter().enumerate().find_map(|(l, q)| q.front().map(|e| (l, e)))
         else {
             return Err(Decision::Idle);
         };
@@ -330,10 +334,8 @@ impl<J> BatchQueue<J> {
         let waited_out = now >= leader.enqueued + self.policy.max_delay;
         if waited_out && !self.policy.preferred.is_empty() {
             // The longest prefix ending on a preferred size, else everything.
-            let take = members
-                .iter()
-                .rposition(|(_, r)| self.policy.preferred.contains(r))
-                .map_or(members.len(), |i| i + 1);
+            let take =
+                members.iter().rposition(|(_, r)| self.policy.preferred.contains(r)).map_or(members.len(), |i| i + 1);
             return Ok(positions(take));
         }
         if waited_out {
@@ -353,8 +355,11 @@ impl<J> BatchQueue<J> {
     fn sized_for(&self, leader: &Entry<J>, now: Instant) -> usize {
         let mut size = self.target_size();
         let bound = leader.arrival.admit_by.into_iter().chain(leader.arrival.deadline).min();
-        if let Some(bound) = bound {
-            while size > 1 && self.cost.predict(size).is_some_and(|t| now + t > bound) {
+        let late = |rows: usize| self.cost.predict(rows).is_some_and(|t| now + t > bound.expect("checked"));
+        // Only a cut that lets the leader make it: one already late gains
+        // nothing from a smaller batch, and the queue behind it loses.
+        if bound.is_some() && !late(1) {
+            while size > 1 && late(size) {
                 size /= 2;
             }
         }
@@ -380,7 +385,8 @@ impl<J> BatchQueue<J> {
         // The time `extra` more rows take to arrive at the recent pace.
         let gather = gather.clamp(MIN_WAIT, remaining.max(MIN_WAIT));
         let later_cost = self.cost.predict(rows + extra)?;
-        let pays = (rows + extra) as f64 / (gather + later_cost).as_secs_f64() > rows as f64 / now_cost.as_secs_f64();
+        let rate = |rows: usize, time: Duration| rows as f64 / (time + PER_EXECUTION).as_secs_f64();
+        let pays = rate(rows + extra, gather + later_cost) > rate(rows, now_cost);
         let bound = leader.arrival.admit_by.into_iter().chain(leader.arrival.deadline).min();
         let in_time = bound.is_none_or(|b| now + gather + later_cost <= b);
         (pays && in_time).then(|| (now + gather).min(until))
@@ -557,6 +563,17 @@ mod tests {
             q.push(id, one(1), t).unwrap();
         }
         assert_eq!(run(next(&mut q, t)), vec![0, 1]);
+    }
+
+    #[test]
+    fn a_leader_already_late_keeps_the_full_batch() {
+        let t = Instant::now();
+        let mut q = costed(policy(8, &[], 0), ms(1), ms(2));
+        q.push(0, Arrival { admit_by: Some(t + ms(6)), ..one(1) }, t).unwrap();
+        for id in 1..8 {
+            q.push(id, one(1), t).unwrap();
+        }
+        assert_eq!(run(next(&mut q, t + ms(10))).len(), 8);
     }
 
     #[test]

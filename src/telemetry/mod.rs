@@ -170,9 +170,7 @@ pub struct CostGauges {
 
 impl CostGauges {
     pub fn new(model: &str, version: &str, classes: &[usize]) -> Self {
-        let gauge = |rows: usize| {
-            metrics::gauge!(EXECUTION_SECONDS, "model" => model.to_string(), "version" => version.to_string(), "batch" => rows.to_string())
-        };
+        let gauge = |rows: usize| metrics::gauge!(EXECUTION_SECONDS, "model" => model.to_string(), "version" => version.to_string(), "batch" => rows.to_string());
         CostGauges {
             execution: classes.iter().map(|&rows| gauge(rows)).collect(),
             attainable: metrics::gauge!(SLO_ATTAINABLE, "model" => model.to_string(), "version" => version.to_string()),

@@ -272,3 +272,64 @@ pub fn slow_request(spin: i64, x: f32) -> pb::ModelInferRequest {
         ],
     )
 }
+
+/// A request to the test model "slow_batch" (or a copy named `model`):
+/// y = x + 1 for each row after a Loop of max(spin) iterations (about
+/// 1 us each); batches of up to 8 rows.
+pub fn slow_batch_request(model: &str, spins: &[i64], x: f32) -> pb::ModelInferRequest {
+    let rows = spins.len() as i64;
+    let xs: Vec<f32> = (0..spins.len()).map(|i| x + i as f32).collect();
+    let spin_bytes: Vec<u8> = spins.iter().flat_map(|s| s.to_le_bytes()).collect();
+    raw_request(
+        model,
+        vec![(input("x", "FP32", &[rows, 1]), f32_bytes(&xs)), (input("spin", "INT64", &[rows, 1]), spin_bytes)],
+    )
+}
+
+/// The request with a client deadline (grpc-timeout).
+pub fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Keeps the only instance of `model` (a slow_batch copy) busy for about
+/// `spin` microseconds: sends one request of that spin and returns once it
+/// has left the queue for the instance. Requests sent after it queue.
+pub async fn occupy_instance(
+    server: &Server,
+    client: &GrpcClient,
+    model: &str,
+    spin: i64,
+) -> tokio::task::JoinHandle<Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>> {
+    let mut busy = client.clone();
+    let request = with_deadline(slow_batch_request(model, &[spin], 0.0), Duration::from_secs(120));
+    let call = tokio::spawn(async move { busy.model_infer(request).await });
+    wait_for_in_flight_and_queue(server, model, 1.0, 0.0).await;
+    call
+}
+
+/// Waits until the server holds `inside` inference requests and `model`'s
+/// queue `queued` of them (twice in a row, 10 ms apart).
+pub async fn wait_for_in_flight_and_queue(server: &Server, model: &str, inside: f64, queued: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut agreed = 0;
+    loop {
+        let body =
+            reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap_or_default();
+        let value = |prefix: &str| {
+            body.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        let now_inside = value("ferroserve_server_inflight_requests ");
+        let now_queued = value(&format!("ferroserve_queue_depth{{model=\"{model}\",version=\"1\"}}"));
+        agreed = if now_inside == Some(inside) && now_queued.unwrap_or(0.0) == queued { agreed + 1 } else { 0 };
+        if agreed >= 2 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never held {inside} requests with {queued} queued for {model} (last: {now_inside:?}, {now_queued:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -183,10 +183,7 @@ async fn version_config(Shared(state): Shared<AppState>, Path((model, version)):
 }
 
 fn stats(state: &State, model: &str, version: &str) -> Response {
-    json_reply(
-        describe::statistics(&state.repository, model, version)
-            .and_then(|s| describe::to_json(&s, "inference.ModelStatisticsResponse")),
-    )
+    json_reply(describe::statistics_json(&state.repository, model, version))
 }
 
 async fn all_stats(Shared(state): Shared<AppState>) -> Response {
