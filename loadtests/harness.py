@@ -88,6 +88,10 @@ class Server:
                 total += float(m.group(2))
         return total
 
+    def series(self, name):
+        """Every series of `name`: a list of ({label: value}, number)."""
+        return parse_series(self.metrics_text(), name)
+
     def _status_kib(self, field):
         with open(f"/proc/{self.pid}/status") as f:
             for line in f:
@@ -122,6 +126,18 @@ class Server:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
+
+
+def parse_series(text, name):
+    """The series of metric `name` in Prometheus text: [({label: value}, number), ...]."""
+    out = []
+    pattern = re.compile(r"^" + re.escape(name) + r"(?:\{([^}]*)\})?\s+(\S+)$")
+    for line in text.splitlines():
+        m = pattern.match(line)
+        if m:
+            labels = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(1) or ""))
+            out.append((labels, float(m.group(2))))
+    return out
 
 
 def copy_model(source_dir, repository, name, config_edit=None):

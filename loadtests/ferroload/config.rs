@@ -1,5 +1,6 @@
 //! The ghz configuration file (JSON), the command-line overrides on top of it, and the loopback-only host rule.
 
+use crate::schedule::{Arrivals, Step};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Map, Value};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -10,6 +11,8 @@ use std::time::Duration;
 const DEFAULT_TOTAL: u64 = 200;
 const DEFAULT_CONCURRENCY: usize = 50;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(20);
+/// Seeds Poisson arrivals unless --seed says otherwise.
+const DEFAULT_SEED: u64 = 1;
 /// gRPC connections: one per this many workers unless "connections" says otherwise.
 const WORKERS_PER_CONNECTION: usize = 16;
 
@@ -246,6 +249,11 @@ pub struct Overrides {
     pub connections: Option<usize>,
     pub timeout: Option<Duration>,
     pub cpus: Option<usize>,
+    /// Open loop only (no ghz config key): how arrivals are spaced, their seed, and a rate step.
+    pub arrivals: Option<Arrivals>,
+    pub seed: Option<u64>,
+    pub step_at: Option<Duration>,
+    pub step_rps: Option<f64>,
 }
 
 /// When a run stops sending: after `total` requests, after `duration`, or at whichever comes first.
@@ -269,6 +277,10 @@ pub struct Settings {
     pub timeout: Duration,
     pub cpus: Option<usize>,
     pub metadata: Vec<(String, String)>,
+    pub arrivals: Arrivals,
+    pub seed: u64,
+    /// Open loop: the rate changes to `step.rps` at `step.at`.
+    pub step: Option<Step>,
 }
 
 impl Settings {
@@ -323,6 +335,16 @@ impl Settings {
             .unwrap_or_else(|| concurrency.div_ceil(WORKERS_PER_CONNECTION))
             .clamp(1, concurrency);
         let timeout = over.timeout.or(config.timeout).filter(|t| !t.is_zero()).unwrap_or(DEFAULT_TIMEOUT);
+        let step = match (over.step_at, over.step_rps) {
+            (None, None) => None,
+            (Some(at), Some(rps)) if rps.is_finite() && rps > 0.0 => Some(Step { at, rps }),
+            (Some(_), Some(_)) => bail!("--step-rps must be a positive number"),
+            _ => bail!("--step-at and --step-rps go together"),
+        };
+        let arrivals = over.arrivals.unwrap_or_default();
+        if rps.is_none() && (step.is_some() || arrivals != Arrivals::Uniform) {
+            bail!("--arrivals poisson and --step-at/--step-rps need an open loop (--rps)");
+        }
         Ok(Settings {
             protocol,
             target,
@@ -333,6 +355,9 @@ impl Settings {
             timeout,
             cpus: over.cpus.or(config.cpus).filter(|&c| c > 0),
             metadata: config.metadata.clone(),
+            arrivals,
+            seed: over.seed.unwrap_or(DEFAULT_SEED),
+            step,
         })
     }
 }
@@ -422,6 +447,30 @@ mod tests {
         assert_eq!(s.target, "127.0.0.1:8000".parse().unwrap());
         let remote = Overrides { host: Some("10.1.2.3:8001".into()), ..Overrides::default() };
         assert!(Settings::resolve(&config, &remote).is_err());
+    }
+
+    #[test]
+    fn arrivals_and_steps_need_an_open_loop() {
+        let config = GhzConfig::parse(include_str!("../ghz/mlp.json")).unwrap();
+        let open = Overrides {
+            rps: Some(100.0),
+            arrivals: Some(Arrivals::Poisson),
+            step_at: Some(Duration::from_secs(4)),
+            step_rps: Some(2500.0),
+            ..Overrides::default()
+        };
+        let s = Settings::resolve(&config, &open).unwrap();
+        assert_eq!((s.arrivals, s.seed), (Arrivals::Poisson, DEFAULT_SEED));
+        assert_eq!(s.step, Some(Step { at: Duration::from_secs(4), rps: 2500.0 }));
+        let err = |over: Overrides| Settings::resolve(&config, &over).unwrap_err().to_string();
+        assert!(err(Overrides { rps: None, ..open }).contains("open loop"));
+        let half = Overrides { step_rps: None, rps: Some(100.0), ..Overrides::default() };
+        assert!(err(Overrides { step_at: Some(Duration::from_secs(1)), ..half }).contains("go together"));
+        let zero =
+            Overrides { rps: Some(1.0), step_at: Some(Duration::ZERO), step_rps: Some(0.0), ..Overrides::default() };
+        assert!(err(zero).contains("positive"));
+        let plain = Settings::resolve(&config, &Overrides::default()).unwrap();
+        assert_eq!((plain.arrivals, plain.step), (Arrivals::Uniform, None));
     }
 
     #[test]

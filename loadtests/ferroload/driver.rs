@@ -193,13 +193,13 @@ mod tests {
     async fn open_loop_latency_counts_from_the_scheduled_time() {
         // 20 requests due every 2 ms against a server that needs 10 ms each: a closed loop would
         // see 10 ms every time; the open loop must see the queue grow by ~8 ms per request.
-        let schedule = Schedule { rps: 500.0, stop: Stop { total: Some(20), duration: None } };
+        let schedule = Schedule::uniform(500.0, Stop { total: Some(20), duration: None });
         let run = run_open_cloned(slow(10), schedule, 64).await.unwrap();
         let mut samples = run.samples;
         assert_eq!(samples.len(), 20);
         samples.sort_by_key(|s| s.start);
-        for (i, sample) in samples.iter().enumerate() {
-            assert_eq!(sample.start, schedule.offset(i as u64), "start is the scheduled time");
+        for (sample, due) in samples.iter().zip(schedule.times()) {
+            assert_eq!(sample.start, due, "start is the scheduled time");
         }
         // The tasks may take the server's lock in any order, so compare answers in the order they
         // came: the k-th answer needs k + 1 services of 10 ms, and its latency counted from its
@@ -218,7 +218,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn waiting_for_a_free_slot_counts_as_latency() {
         // One slot: later requests wait on the client side, and that wait is in their latency.
-        let schedule = Schedule { rps: 1000.0, stop: Stop { total: Some(5), duration: None } };
+        let schedule = Schedule::uniform(1000.0, Stop { total: Some(5), duration: None });
         let run = run_open_cloned(slow(5), schedule, 1).await.unwrap();
         let worst = run.samples.iter().map(|s| s.latency).max().unwrap();
         assert!(worst >= Duration::from_millis(5 * 5 - 4), "{worst:?}");

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use config::{GhzConfig, Overrides, Protocol, Settings, parse_duration};
 use driver::{Run, run_closed, run_open_cloned};
-use schedule::Schedule;
+use schedule::{Arrivals, Schedule};
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -58,7 +58,20 @@ struct Cli {
     /// gRPC connections (default: one per 16 workers).
     #[arg(long)]
     connections: Option<usize>,
-    /// Per-request timeout, e.g. 2s (default: the config's, else 20s).
+    /// Open loop: evenly spaced arrivals (request i at t0 + i/rps), or a Poisson process
+    /// (exponential gaps from --seed).
+    #[arg(long, value_enum)]
+    arrivals: Option<Arrivals>,
+    /// Seed of the Poisson gaps (default 1): the same seed, the same schedule.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Open loop: from this offset on (e.g. 4s), send at --step-rps instead of --rps.
+    #[arg(long, value_parser = parse_duration_arg, requires = "step_rps")]
+    step_at: Option<Duration>,
+    /// The rate after --step-at.
+    #[arg(long, requires = "step_at")]
+    step_rps: Option<f64>,
+    /// Per-request timeout, also sent as grpc-timeout, e.g. 2s (default: the config's, else 20s).
     #[arg(short = 't', long, value_parser = parse_duration_arg)]
     timeout: Option<Duration>,
     /// Runtime worker threads (default: the config's "cpus", else every core).
@@ -108,6 +121,10 @@ fn run(cli: Cli) -> Result<()> {
         connections: cli.connections,
         timeout: cli.timeout,
         cpus: cli.cpus,
+        arrivals: cli.arrivals,
+        seed: cli.seed,
+        step_at: cli.step_at,
+        step_rps: cli.step_rps,
     };
     let settings = Settings::resolve(&config, &overrides)?;
     let requests = request::build(&config.data)?;
@@ -122,7 +139,14 @@ fn run(cli: Cli) -> Result<()> {
     let report = report::Report::new(&run, options(&config, &settings), !cli.no_details);
     if cli.summary {
         let mode = match settings.rps {
-            Some(rps) => format!("open loop {rps} rps, at most {} in flight", settings.concurrency),
+            Some(rps) => {
+                let step = settings.step.map(|s| format!(" then {} rps from {:?}", s.rps, s.at)).unwrap_or_default();
+                let arrivals = match settings.arrivals {
+                    Arrivals::Uniform => String::new(),
+                    Arrivals::Poisson => format!(" poisson seed {}", settings.seed),
+                };
+                format!("open loop {rps} rps{step}{arrivals}, at most {} in flight", settings.concurrency)
+            }
             None => format!("closed loop c={}", settings.concurrency),
         };
         eprintln!("{}", report.summary(&format!("{} {mode}", settings.protocol.name())));
@@ -141,7 +165,13 @@ fn run(cli: Cli) -> Result<()> {
 
 /// Connects, then runs the closed or open loop over the chosen protocol.
 async fn drive(settings: &Settings, requests: Vec<ferroserve::pb::ModelInferRequest>) -> Result<Run> {
-    let open = settings.rps.map(|rps| Schedule { rps, stop: settings.stop });
+    let open = settings.rps.map(|rps| Schedule {
+        rps,
+        stop: settings.stop,
+        arrivals: settings.arrivals,
+        seed: settings.seed,
+        step: settings.step,
+    });
     let workers = settings.concurrency;
     match settings.protocol {
         Protocol::Http => {
@@ -191,6 +221,17 @@ fn options(config: &GhzConfig, settings: &Settings) -> Value {
         Some(rps) => options.insert("rps".into(), Value::from(rps)),
         None => options.remove("rps"),
     };
+    if settings.rps.is_some() {
+        // Not in ghz: how the open loop spaced its requests.
+        options.insert("arrivals".into(), Value::from(settings.arrivals.name()));
+        if settings.arrivals == Arrivals::Poisson {
+            options.insert("seed".into(), Value::from(settings.seed));
+        }
+    }
+    if let Some(step) = settings.step {
+        options.insert("step-at".into(), nanos(step.at));
+        options.insert("step-rps".into(), Value::from(step.rps));
+    }
     match settings.stop.total {
         Some(total) => options.insert("total".into(), Value::from(total)),
         None => options.remove("total"),
