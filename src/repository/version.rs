@@ -152,19 +152,30 @@ impl ModelVersion {
             spinning: config::parameter(&config, "allow_spinning").is_none_or(|v| v != 0),
             prepacked: Default::default(),
         };
-        let first = runtime.load(&path, &options)?;
-        let io = config::complete(&mut config, &name, explicit_config, &first.inputs, &first.outputs)?;
-        let instances = config::instance_count(&config);
-        let mut sessions = vec![first];
-        while sessions.len() < instances {
-            sessions.push(runtime.load(&path, &options)?);
-        }
-        for session in &mut sessions {
-            warmup::run(session, &config, &io, model_dir)?;
-        }
-        let queueing = Queueing::from_config(&config, instances);
-        // What a batch costs, one run per power-of-two size, before ready.
-        let profile = warmup::profile(&mut sessions[0], &io, queueing.policy.max_batch_size);
+        // Sessions are built, warmed up and profiled on a thread of their own
+        // at the priority of model work: ONNX Runtime's pool threads inherit it.
+        let built = std::thread::scope(|scope| {
+            let build = std::thread::Builder::new().name(format!("{name}-{version}-load")).spawn_scoped(scope, || {
+                crate::runtime::lower_thread_priority();
+                let first = runtime.load(&path, &options)?;
+                let io = config::complete(&mut config, &name, explicit_config, &first.inputs, &first.outputs)?;
+                let instances = config::instance_count(&config);
+                let mut sessions = vec![first];
+                while sessions.len() < instances {
+                    sessions.push(runtime.load(&path, &options)?);
+                }
+                for session in &mut sessions {
+                    warmup::run(session, &config, &io, model_dir)?;
+                }
+                let queueing = Queueing::from_config(&config, instances);
+                // What a batch costs, one run per power-of-two size, before ready.
+                let profile = warmup::profile(&mut sessions[0], &io, queueing.policy.max_batch_size);
+                Ok::<_, String>((io, sessions, queueing, profile))
+            });
+            let build = build.map_err(|e| format!("starting the loading thread: {e}"))?;
+            build.join().map_err(|_| format!("loading {} panicked", path.display()))?
+        });
+        let (io, sessions, queueing, profile) = built?;
         let label = version.to_string();
         let stats = Arc::new(VersionStats::default());
         let labels = Labels { model: name.clone(), version: label.clone() };

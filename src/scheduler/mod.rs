@@ -7,6 +7,7 @@
 
 mod arrivals;
 pub mod batch;
+mod calibrate;
 pub mod cost;
 pub mod policy;
 mod worker;
@@ -62,6 +63,8 @@ struct Shared {
     /// `ferroserve_model_execution_seconds` per size class and
     /// `ferroserve_slo_attainable`, refreshed by the instances.
     cost_gauges: telemetry::CostGauges,
+    /// Written by request tasks once answered, read by admission.
+    calibration: calibrate::Calibration,
 }
 
 /// The server's own time around one execution (decode, queueing,
@@ -130,10 +133,11 @@ impl Scheduler {
             slo,
             admission,
             cost_gauges,
+            calibration: calibrate::Calibration::default(),
         });
         shared.publish_cost(&shared.queue.lock().jobs);
         for (index, session) in sessions.into_iter().enumerate() {
-            let worker = worker::Worker { shared: shared.clone(), session, batching, index, done: None };
+            let worker = worker::Worker { shared: shared.clone(), session, batching, index };
             std::thread::Builder::new()
                 .name(format!("{}-{}-{index}", labels.model, labels.version))
                 .spawn(move || worker.run())
@@ -156,6 +160,7 @@ impl Scheduler {
         let (reply, outputs) = oneshot::channel();
         let now = Instant::now();
         let job = Job { inputs, rows: placement.rows, enqueued: now, reply, trace };
+        let predicted;
         {
             let mut queue = self.shared.queue.lock();
             if queue.closed {
@@ -171,9 +176,13 @@ impl Scheduler {
                 deadline: placement.deadline,
                 admit_by,
             };
-            if let Err((_, refusal)) = queue.jobs.push(job, arrival, now) {
-                drop(queue);
-                return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < by_slo), target));
+            queue.jobs.set_safety(self.shared.calibration.factor());
+            match queue.jobs.push(job, arrival, now) {
+                Ok(prediction) => predicted = prediction.filter(|_| self.shared.admission),
+                Err((_, refusal)) => {
+                    drop(queue);
+                    return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < by_slo), target));
+                }
             }
             self.shared.metrics.set_queue_depth(queue.jobs.len());
         }
@@ -184,6 +193,9 @@ impl Scheduler {
         let abandoned = Abandoned { shared: &self.shared, armed: true };
         let result = outputs.await;
         abandoned.disarm();
+        if let (Some(predicted), Ok(Ok(_))) = (predicted, &result) {
+            self.shared.calibration.record(predicted, now.elapsed());
+        }
         result.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
 

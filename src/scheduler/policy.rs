@@ -27,11 +27,13 @@
 //! - Admission (`push` with a target): a request is refused at once when
 //!   its predicted completion (work ahead of it at its priority or higher,
 //!   the running batches' remainder, its own execution; spread over the
-//!   instances) would end after its target. Never while an instance is
-//!   idle and nothing is queued ahead of it.
+//!   instances), scaled by the learnt safety factor (calibrate.rs), would
+//!   end after its target. Never while an instance is idle and nothing is
+//!   queued ahead of it.
 //! - Without batching (`max_batch_size` 0) each request runs alone.
 
 use super::arrivals::Arrivals;
+use super::calibrate;
 use super::cost::{CostModel, PER_EXECUTION};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -99,9 +101,6 @@ struct Running {
     requests: usize,
 }
 
-/// Predicted completions are inflated by this factor before they are
-/// compared with a target, for the noise of execution times.
-pub const SAFETY: f64 = 1.1;
 /// The shortest wait for company, so a wait never spins.
 const MIN_WAIT: Duration = Duration::from_micros(10);
 
@@ -116,6 +115,9 @@ pub struct BatchQueue<J> {
     arrivals: Arrivals,
     /// Per instance: the batch it runs, if any.
     running: Vec<Option<Running>>,
+    /// Predicted completions are multiplied by this before they are
+    /// compared with a target (calibrate.rs).
+    safety: f64,
 }
 
 impl<J> BatchQueue<J> {
@@ -134,6 +136,7 @@ impl<J> BatchQueue<J> {
             len: 0,
             arrivals: Arrivals::default(),
             running: vec![None; policy.instances],
+            safety: calibrate::INITIAL,
             policy,
         }
     }
@@ -185,28 +188,34 @@ impl<J> BatchQueue<J> {
         Some((before + cost.predict(last_rows)?, ahead))
     }
 
-    /// Queues a request. Refuses it when its level's queue is full, or when
-    /// `admit_by` is set and its predicted completion (times SAFETY) would
-    /// fall after it.
-    pub fn push(&mut self, job: J, arrival: Arrival, now: Instant) -> Result<(), (J, Refusal)> {
+    /// The factor admission multiplies predictions by (calibrate.rs).
+    pub fn set_safety(&mut self, factor: f64) {
+        self.safety = factor;
+    }
+
+    /// Queues a request and returns its predicted completion (from now),
+    /// when the cost is known. Refuses it when its level's queue is full,
+    /// or when `admit_by` is set and its predicted completion (times the
+    /// safety factor) would fall after it.
+    pub fn push(&mut self, job: J, arrival: Arrival, now: Instant) -> Result<Option<Duration>, (J, Refusal)> {
         let level = arrival.level.min(self.levels.len() - 1);
         let limit = self.policy.max_queue_size[level];
         if limit > 0 && self.levels[level].len() >= limit {
             return Err((job, Refusal::QueueFull(limit)));
         }
-        if let Some(admit_by) = arrival.admit_by
-            && let Some((predicted, rows_ahead)) = self.predict(arrival.rows, level, now)
-            && now + predicted.mul_f64(SAFETY) > admit_by
+        let prediction = self.predict(arrival.rows, level, now);
+        if let (Some(admit_by), Some((predicted, rows_ahead))) = (arrival.admit_by, prediction)
+            && now + predicted.mul_f64(self.safety) > admit_by
             && !(rows_ahead == 0 && self.running.iter().any(Option::is_none))
         {
-            return Err((job, Refusal::Late { predicted, rows_ahead }));
+            return Err((job, Refusal::Late { predicted: predicted.mul_f64(self.safety), rows_ahead }));
         }
         let inside = self.len + self.running_requests() + 1;
         self.arrivals.arrived(now, arrival.rows, inside);
         self.levels[level].push_back(Entry { job, arrival: Arrival { level, ..arrival }, enqueued: now });
         self.level_rows[level] += arrival.rows;
         self.len += 1;
-        Ok(())
+        Ok(prediction.map(|(predicted, _)| predicted))
     }
 
     fn running_requests(&self) -> usize {
@@ -693,14 +702,15 @@ mod tests {
         let batch = run(next(&mut q, t));
         q.started(0, t, batch.len(), batch.len());
         // Running 10 ms; four rows queued next run 10 ms more: a fifth
-        // needs a third batch, 30 ms (times SAFETY) from now.
+        // needs a third batch, 30 ms (times the safety factor) from now.
+        q.set_safety(1.1);
         for id in 1..=4 {
             q.push(id, by(25), t).unwrap();
         }
         assert!(matches!(q.push(5, by(32), t), Err((5, Refusal::Late { rows_ahead: 4, .. }))));
         q.push(5, by(34), t).unwrap();
         // Half the running batch later, a third batch ends 5 ms sooner:
-        // 5 + 10 + 10 ms, times SAFETY, from t + 5 ms.
+        // 5 + 10 + 10 ms, times 1.1, from t + 5 ms.
         let later = t + ms(5);
         assert!(matches!(q.push(6, by(32), later), Err((6, Refusal::Late { rows_ahead: 5, .. }))));
         assert!(q.push(6, by(33), later).is_ok());
@@ -710,6 +720,7 @@ mod tests {
     fn under_overload_lower_priority_is_refused_first() {
         let t = Instant::now();
         let mut q = costed(Policy { max_queue_size: vec![0, 0], ..policy(1, &[], 0) }, ms(10), Duration::ZERO);
+        q.set_safety(1.1);
         q.started(0, t, 1, 1);
         let at = |level| Arrival { level, admit_by: Some(t + ms(45)), ..one(1) };
         for id in 0..3 {

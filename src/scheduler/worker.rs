@@ -19,13 +19,11 @@ pub(super) struct Worker {
     pub batching: bool,
     /// This instance's place among the version's instances.
     pub index: usize,
-    /// The batch this instance last ran: rows and execution time when it
-    /// succeeded; handed to the cost model at the next lock.
-    pub done: Option<Option<(usize, Duration)>>,
 }
 
 impl Worker {
     pub fn run(mut self) {
+        crate::runtime::lower_thread_priority();
         let mut expired = Vec::new();
         let mut publish_at = Instant::now() + PUBLISH_EVERY;
         while let Some(jobs) = self.next_batch(&mut expired, &mut publish_at) {
@@ -48,16 +46,13 @@ impl Worker {
     }
 
     /// Blocks until a batch may run; None once the queue is closed and
-    /// empty. First hands the last batch's cost to the cost model.
+    /// empty. Refreshes the cost gauges every PUBLISH_EVERY.
     fn next_batch(&mut self, expired: &mut Vec<Job>, publish_at: &mut Instant) -> Option<Vec<Job>> {
         let mut queue = self.shared.queue.lock();
-        if let Some(ran) = self.done.take() {
-            queue.jobs.finished(self.index, ran);
-            let now = Instant::now();
-            if now >= *publish_at {
-                *publish_at = now + PUBLISH_EVERY;
-                self.shared.publish_cost(&queue.jobs);
-            }
+        let now = Instant::now();
+        if now >= *publish_at {
+            *publish_at = now + PUBLISH_EVERY;
+            self.shared.publish_cost(&queue.jobs);
         }
         loop {
             let now = Instant::now();
@@ -68,7 +63,6 @@ impl Worker {
                 Decision::Run(jobs) => {
                     let rows = jobs.iter().map(|j| j.rows).sum();
                     queue.jobs.started(self.index, now, rows, jobs.len());
-                    self.done = Some(None);
                     drop(queue);
                     if more {
                         self.shared.wake.notify_one(); // another idle instance may take the rest
@@ -110,9 +104,12 @@ impl Worker {
             record_spans(&jobs, started, started + compute, total);
         }
         let labels = &shared.labels;
+        // The instance is free again before the answers go out, so a
+        // client that answers back at once finds it idle.
+        let ran = result.as_ref().ok().map(|_| (total, compute));
+        self.shared.queue.lock().jobs.finished(self.index, ran);
         let outputs = match result {
             Ok((outputs, times)) => {
-                self.done = Some(Some((total, compute)));
                 shared.stats.record_execution(total as u64, jobs.len() as u64, times);
                 let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
                 shared.metrics.record_execution(queued, compute, total);
