@@ -152,11 +152,10 @@ impl ModelVersion {
             spinning: config::parameter(&config, "allow_spinning").is_none_or(|v| v != 0),
             prepacked: Default::default(),
         };
-        // Sessions are built, warmed up and profiled on a thread of their own
-        // at the priority of model work: ONNX Runtime's pool threads inherit it.
+        // Sessions are built, warmed up and profiled on a thread of their own,
+        // named for the model: ONNX Runtime's pool threads inherit the name.
         let built = std::thread::scope(|scope| {
             let build = std::thread::Builder::new().name(format!("{name}-{version}-load")).spawn_scoped(scope, || {
-                crate::runtime::lower_thread_priority();
                 let first = runtime.load(&path, &options)?;
                 let io = config::complete(&mut config, &name, explicit_config, &first.inputs, &first.outputs)?;
                 let instances = config::instance_count(&config);

@@ -26,39 +26,6 @@ pub fn return_freed_memory() {
 }
 pub use session::{RunInput, Session};
 
-/// How much lower than the server's other threads model execution runs
-/// (a nice increment). Execution is long and its threads always have work;
-/// the fronts' work per request is short. So on a saturated machine a
-/// request is decoded, refused or answered at once instead of waiting for a
-/// model's threads to yield, while execution still takes every cycle the
-/// fronts leave.
-pub const COMPUTE_NICE: i32 = 10;
-
-/// Lowers the calling thread's scheduling priority by COMPUTE_NICE. ONNX
-/// Runtime's pool threads inherit it from the thread that builds their
-/// session. Raising it again is not allowed without privileges, so call it
-/// only on threads that do model work from then on. Failure only logs.
-pub fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        unsafe extern "C" {
-            fn gettid() -> i32;
-            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
-            fn getpriority(which: i32, who: u32) -> i32;
-        }
-        const PRIO_PROCESS: i32 = 0;
-        // SAFETY: plain system calls on the calling thread's own id.
-        let failed = unsafe {
-            let tid = gettid() as u32;
-            let current = getpriority(PRIO_PROCESS, tid);
-            setpriority(PRIO_PROCESS, tid, (current + COMPUTE_NICE).min(19)) != 0
-        };
-        if failed {
-            tracing::debug!("could not lower the priority of a model thread");
-        }
-    }
-}
-
 use anyhow::Context;
 use ort::session::builder::PrepackedWeights;
 use std::path::Path;

@@ -23,7 +23,6 @@ pub(super) struct Worker {
 
 impl Worker {
     pub fn run(mut self) {
-        crate::runtime::lower_thread_priority();
         let mut expired = Vec::new();
         let mut publish_at = Instant::now() + PUBLISH_EVERY;
         while let Some(jobs) = self.next_batch(&mut expired, &mut publish_at) {

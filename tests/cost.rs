@@ -1,0 +1,194 @@
+//! Scheduling by cost against the real binary: the cost model is seeded at
+//! load and exported, admission refuses at once what it predicts would
+//! finish after the latency target (reason `slo`) or the request's deadline
+//! (reason `deadline`), a model whose SLO is shorter than one execution says
+//! so, priority levels order the queue and out-of-range priorities are
+//! named, and the flag or a model parameter turns admission off.
+
+mod common;
+mod grpc_support;
+
+use common::{Server, test_models};
+use ferroserve::pb;
+use grpc_support::*;
+use std::time::Duration;
+use tonic::Code;
+
+/// About 200 ms of work per request (1 µs per Loop iteration).
+const SLOW: i64 = 200_000;
+
+/// A slow_batch copy named `name` with `config` after max_batch_size.
+fn slow_model(root: &std::path::Path, name: &str, config: &str) {
+    let dir = root.join(name);
+    std::fs::create_dir_all(dir.join("1")).unwrap();
+    std::fs::copy(test_models().join("slow_batch/1/model.onnx"), dir.join("1/model.onnx")).unwrap();
+    std::fs::write(dir.join("config.pbtxt"), format!("max_batch_size: 4\n{config}\n")).unwrap();
+}
+
+fn parameter(key: &str, value: &str) -> String {
+    format!("parameters {{ key: \"{key}\" value {{ string_value: \"{value}\" }} }}\n")
+}
+
+async fn metrics(server: &Server) -> String {
+    reqwest::get(format!("http://{}/metrics", server.metrics)).await.unwrap().text().await.unwrap()
+}
+
+fn metric(body: &str, prefix: &str) -> Option<f64> {
+    body.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Teaches the model that a batch of one takes about 200 ms: three runs
+/// (the estimate is a median), one after the other.
+async fn teach_slow(client: &mut common::GrpcClient, model: &str) {
+    for i in 0..3 {
+        client.model_infer(slow_batch_request(model, &[SLOW], i as f32)).await.expect("a lone request is admitted");
+    }
+}
+
+#[tokio::test]
+async fn the_cost_model_is_seeded_at_load_and_exported() {
+    let repo = tempfile::tempdir().unwrap();
+    slow_model(repo.path(), "slow", "dynamic_batching { }");
+    let server = Server::start(repo.path(), &[]);
+    let body = metrics(&server).await;
+    for batch in [1, 2, 4] {
+        let seconds = metric(
+            &body,
+            &format!("ferroserve_model_execution_seconds{{model=\"slow\",version=\"1\",batch=\"{batch}\"}}"),
+        );
+        assert!(seconds.is_some_and(|s| s > 0.0 && s < 0.1), "batch {batch}: {seconds:?}\n{body}");
+    }
+    assert_eq!(metric(&body, "ferroserve_slo_attainable{model=\"slow\",version=\"1\"}"), Some(1.0));
+    let stats: serde_json::Value =
+        reqwest::get(server.http_url("/v2/models/slow/versions/1/stats")).await.unwrap().json().await.unwrap();
+    let costs = stats["model_stats"][0]["execution_cost"].as_array().expect("execution_cost in the statistics");
+    let sizes: Vec<u64> = costs.iter().map(|c| c["batch_size"].as_u64().unwrap()).collect();
+    assert_eq!(sizes, [1, 2, 4], "{stats}");
+}
+
+#[tokio::test]
+async fn requests_predicted_late_are_refused_at_once_naming_the_reason() {
+    let repo = tempfile::tempdir().unwrap();
+    // A 50 ms SLO the 200 ms model cannot meet: admission aims at twice
+    // one execution (about 400 ms) instead, and says so.
+    slow_model(repo.path(), "slow", &format!("dynamic_batching {{ }}\n{}", parameter("slo_latency_seconds", "0.05")));
+    let server = Server::start(repo.path(), &[]);
+    let mut client = server.grpc_client().await;
+    teach_slow(&mut client, "slow").await;
+
+    let busy = occupy_instance(&server, &client, "slow", SLOW).await;
+    // Behind 200 ms of work, 200 ms more (times the safety factor) misses
+    // the ~400 ms target: refused at once, reason slo.
+    let started = std::time::Instant::now();
+    let refused = client.model_infer(slow_batch_request("slow", &[0], 1.0)).await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_millis(150), "refused after {:?}", started.elapsed());
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("latency target"), "{}", refused.message());
+    assert_eq!(refused.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
+    // With a 100 ms deadline, the deadline is the tighter bound.
+    let late =
+        client.model_infer(with_deadline(slow_batch_request("slow", &[0], 2.0), Duration::from_millis(100))).await;
+    let refused = late.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    assert!(refused.message().contains("deadline"), "{}", refused.message());
+    busy.await.unwrap().expect("the busy request is answered");
+
+    let body = metrics(&server).await;
+    let shed = |reason: &str| {
+        metric(&body, &format!("ferroserve_shed_total{{model=\"slow\",version=\"1\",reason=\"{reason}\"}}"))
+    };
+    assert_eq!((shed("slo"), shed("deadline")), (Some(1.0), Some(1.0)), "{body}");
+    assert_eq!(metric(&body, "ferroserve_slo_attainable{model=\"slow\",version=\"1\"}"), Some(0.0));
+    let index = client.repository_index(pb::RepositoryIndexRequest::default()).await.unwrap().into_inner().models;
+    let entry = index.iter().find(|m| m.name == "slow" && m.version == "1").expect("slow in the index");
+    assert_eq!(entry.state, "READY");
+    assert!(entry.reason.contains("latency SLO unattainable"), "{}", entry.reason);
+    // The instance free again: a request is admitted whatever its prediction.
+    client.model_infer(slow_batch_request("slow", &[0], 3.0)).await.expect("never refused into an idle instance");
+}
+
+#[tokio::test]
+async fn admission_is_turned_off_by_the_flag_or_per_model() {
+    let repo = tempfile::tempdir().unwrap();
+    let slo = parameter("slo_latency_seconds", "0.05");
+    slow_model(repo.path(), "flag", &format!("dynamic_batching {{ }}\n{slo}"));
+    slow_model(repo.path(), "on", &format!("dynamic_batching {{ }}\n{slo}{}", parameter("slo_admission", "1")));
+    let server = Server::start(repo.path(), &["--slo-admission", "false"]);
+    let mut client = server.grpc_client().await;
+    for model in ["flag", "on"] {
+        teach_slow(&mut client, model).await;
+    }
+    // "flag" follows --slo-admission false: the request queues and runs.
+    let busy = occupy_instance(&server, &client, "flag", SLOW).await;
+    client.model_infer(slow_batch_request("flag", &[0], 1.0)).await.expect("admission is off");
+    busy.await.unwrap().unwrap();
+    // "on" overrides the flag.
+    let busy = occupy_instance(&server, &client, "on", SLOW).await;
+    let refused = client.model_infer(slow_batch_request("on", &[0], 1.0)).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    busy.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn higher_priority_runs_first_and_an_out_of_range_priority_is_named() {
+    let repo = tempfile::tempdir().unwrap();
+    // Batches of one (preferred size 1), so queued requests run one by
+    // one; admission off, since this is about order only.
+    slow_model(
+        repo.path(),
+        "ranked",
+        &format!(
+            "dynamic_batching {{ preferred_batch_size: [ 1 ] priority_levels: 2 default_priority_level: 2 }}\n{}",
+            parameter("slo_admission", "0")
+        ),
+    );
+    let server = Server::start(repo.path(), &[]);
+    let mut client = server.grpc_client().await;
+    // Each of the ranked requests runs about 50 ms, so they answer apart.
+    let with_priority = |x: f32, priority: u64| {
+        let mut request = slow_batch_request("ranked", &[50_000], x);
+        request.parameters.insert(
+            "priority".into(),
+            pb::InferParameter { parameter_choice: Some(pb::infer_parameter::ParameterChoice::Uint64Param(priority)) },
+        );
+        request
+    };
+    let out_of_range = client.model_infer(with_priority(0.0, 3)).await;
+    expect_error(out_of_range, Code::InvalidArgument, &["priority 3", "1..=2"]);
+    let http = reqwest::Client::new()
+        .post(server.http_url("/v2/models/ranked/infer"))
+        .json(&serde_json::json!({
+            "parameters": { "priority": 9 },
+            "inputs": [
+                { "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.0] },
+                { "name": "spin", "shape": [1, 1], "datatype": "INT64", "data": [0] }
+            ]
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(http.status(), 400);
+    assert!(http.text().await.unwrap().contains("1..=2"));
+
+    // Behind a busy instance: two default-level (2) requests, then one of
+    // level 1. The level-1 request runs first once the instance frees.
+    let busy = occupy_instance(&server, &client, "ranked", 500_000).await;
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut calls = Vec::new();
+    for (x, priority) in [(10.0, 0), (20.0, 2), (30.0, 1)] {
+        let mut client = client.clone();
+        let done = done_tx.clone();
+        let request = with_priority(x, priority);
+        calls.push(tokio::spawn(async move {
+            client.model_infer(request).await.expect("answered");
+            done.send(x).unwrap();
+        }));
+        wait_for_queue_depth(&server, "ranked", calls.len() as f64).await;
+    }
+    busy.await.unwrap().unwrap();
+    for call in calls {
+        call.await.unwrap();
+    }
+    let order: Vec<f32> = std::iter::from_fn(|| done_rx.try_recv().ok()).collect();
+    assert_eq!(order, [30.0, 10.0, 20.0], "level 1 first, then the default level in arrival order");
+}
