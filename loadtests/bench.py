@@ -39,6 +39,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
 from harness import LOADGEN, ROOT, Server, ghz_config, percentile  # noqa: E402
 
 PERF = os.path.join(ROOT, ".deps/perf_analyzer/perf_analyzer")
@@ -305,9 +306,13 @@ def main():
                         help="run the batching-delay sweep (delay as configured vs 0) instead")
     parser.add_argument("--sweep-concurrency", default=",".join(map(str, SWEEP_CONCURRENCY)),
                         help="the sweep's concurrency levels")
+    parser.add_argument("--server", help="the ferroserve binary to measure (default target/release/ferroserve), "
+                        "e.g. another commit's build for a before/after comparison")
     parser.add_argument("--heavy-slo", type=float, default=5.0,
                         help="the sweep's slo_latency_seconds for resnet50 (a histogram bucket boundary)")
     args = parser.parse_args()
+    if args.server:
+        harness.SERVER = os.path.abspath(args.server)
     if args.concurrency_sweep:
         args.seconds = args.seconds or 3
         return concurrency_sweep(args)

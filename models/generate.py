@@ -791,10 +791,10 @@ output [
 """
 
 
-def build_slow():
-    # y = x + 1 + 0 * (Loop of spin iterations adding 1 to a float). Each
-    # iteration costs on the order of a microsecond of ORT Loop overhead.
-    body = helper.make_graph(
+def spin_body():
+    # The body of the slow models' Loop: adds 1 to a float, on the order of
+    # a microsecond of ORT Loop overhead per iteration.
+    return helper.make_graph(
         [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
          helper.make_node("Add", ["count_in", "one"], ["count_out"], name="count")],
         "spin_body",
@@ -804,6 +804,12 @@ def build_slow():
         [tensor("cond_out", TensorProto.BOOL, []),
          tensor("count_out", TensorProto.FLOAT, [1])],
     )
+
+
+def build_slow():
+    # y = x + 1 + 0 * (Loop of spin iterations adding 1 to a float). Each
+    # iteration costs on the order of a microsecond of ORT Loop overhead.
+    body = spin_body()
     nodes = [
         helper.make_node("Squeeze", ["spin", "axis0"], ["trip_count"], name="trip_count"),
         helper.make_node("Loop", ["trip_count", "", "count0"], ["count"], name="spin",
@@ -847,16 +853,7 @@ def build_slow_batch():
     # The slow model with a batch dimension: y = x + 1 (x of any width)
     # after a Loop of max(spin) iterations, so one request with a large spin
     # keeps the only instance busy while batchable requests queue behind it.
-    body = helper.make_graph(
-        [helper.make_node("Identity", ["cond_in"], ["cond_out"], name="keep_going"),
-         helper.make_node("Add", ["count_in", "one"], ["count_out"], name="count")],
-        "spin_body",
-        [tensor("iteration", TensorProto.INT64, []),
-         tensor("cond_in", TensorProto.BOOL, []),
-         tensor("count_in", TensorProto.FLOAT, [1])],
-        [tensor("cond_out", TensorProto.BOOL, []),
-         tensor("count_out", TensorProto.FLOAT, [1])],
-    )
+    body = spin_body()
     nodes = [
         helper.make_node("ReduceMax", ["spin"], ["trip_count"], keepdims=0, name="trip_count"),
         helper.make_node("Loop", ["trip_count", "", "count0"], ["count"], name="spin", body=body),
