@@ -26,6 +26,8 @@ use tokio::sync::oneshot;
 /// One request, validated, with inputs in the model's input order and
 /// shaped for the graph.
 pub struct Job {
+    /// Unique within the version: how a request finds itself in the queue.
+    id: u64,
     pub inputs: Vec<Tensor>,
     /// Rows along the batch dimension (1 when the model does not batch).
     pub rows: usize,
@@ -65,6 +67,10 @@ struct Shared {
     cost_gauges: telemetry::CostGauges,
     /// Written by request tasks once answered, read by admission.
     calibration: calibrate::Calibration,
+    /// What `ferroserve_slo_attainable` says now.
+    attainable: std::sync::atomic::AtomicBool,
+    /// The next job id.
+    next_id: std::sync::atomic::AtomicU64,
 }
 
 /// The server's own time around one execution (decode, queueing,
@@ -134,6 +140,8 @@ impl Scheduler {
             admission,
             cost_gauges,
             calibration: calibrate::Calibration::default(),
+            attainable: std::sync::atomic::AtomicBool::new(true),
+            next_id: std::sync::atomic::AtomicU64::new(0),
         });
         shared.publish_cost(&shared.queue.lock().jobs);
         for (index, session) in sessions.into_iter().enumerate() {
@@ -159,7 +167,8 @@ impl Scheduler {
     ) -> Result<Vec<Tensor>> {
         let (reply, outputs) = oneshot::channel();
         let now = Instant::now();
-        let job = Job { inputs, rows: placement.rows, enqueued: now, reply, trace };
+        let id = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let job = Job { id, inputs, rows: placement.rows, enqueued: now, reply, trace };
         let predicted;
         {
             let mut queue = self.shared.queue.lock();
@@ -191,7 +200,32 @@ impl Scheduler {
         // instance so the abandoned job leaves the queue now, not at the
         // next decision.
         let abandoned = Abandoned { shared: &self.shared, armed: true };
-        let result = outputs.await;
+        let result = match placement.deadline {
+            None => outputs.await,
+            Some(deadline) => {
+                tokio::pin!(outputs);
+                tokio::select! {
+                    result = &mut outputs => result,
+                    () = tokio::time::sleep_until(deadline.into()) => {
+                        // Still queued (every instance busy): it leaves unrun,
+                        // answered now rather than at the next decision.
+                        let left = {
+                            let mut queue = self.shared.queue.lock();
+                            let left = queue.jobs.take(|job| job.id == id);
+                            self.shared.metrics.set_queue_depth(queue.jobs.len());
+                            left
+                        };
+                        if left.is_some() {
+                            abandoned.disarm();
+                            return Err(Error::DeadlineExceeded(
+                                "the request's deadline passed while it was queued".into(),
+                            ));
+                        }
+                        outputs.await
+                    }
+                }
+            }
+        };
         abandoned.disarm();
         if let (Some(predicted), Ok(Ok(_))) = (predicted, &result) {
             self.shared.calibration.record(predicted, now.elapsed());
@@ -285,7 +319,17 @@ impl Shared {
         let cost = jobs.cost();
         let classes = cost.classes().into_iter().map(|rows| cost.predict(rows));
         let (_, attainable) = latency_target(self.slo, cost.predict(1));
+        self.attainable.store(attainable, std::sync::atomic::Ordering::Relaxed);
         self.cost_gauges.set(classes, attainable);
+    }
+
+    /// Exports the cost at once when the SLO's attainability changed (the
+    /// regular refresh is every second).
+    fn publish_if_attainability_changed(&self, jobs: &BatchQueue<Job>) {
+        let (_, attainable) = latency_target(self.slo, jobs.cost().predict(1));
+        if attainable != self.attainable.load(std::sync::atomic::Ordering::Relaxed) {
+            self.publish_cost(jobs);
+        }
     }
 }
 

@@ -401,6 +401,18 @@ impl<J> BatchQueue<J> {
         (pays && in_time).then(|| (now + gather).min(until))
     }
 
+    /// Removes the first queued request `which` picks: one whose deadline
+    /// passed while every instance was busy leaves without waiting for the
+    /// next decision.
+    pub fn take(&mut self, which: impl Fn(&J) -> bool) -> Option<J> {
+        for level in 0..self.levels.len() {
+            if let Some(index) = self.levels[level].iter().position(|e| which(&e.job)) {
+                return Some(self.remove(level, index).job);
+            }
+        }
+        None
+    }
+
     /// Empties the queue (shutdown).
     pub fn drain(&mut self) -> Vec<J> {
         self.level_rows.iter_mut().for_each(|r| *r = 0);
@@ -664,6 +676,17 @@ mod tests {
         let mut expired = Vec::new();
         assert!(matches!(q.next_batch(t, |_| false, &mut expired), Decision::Idle));
         assert_eq!(expired, vec![4]);
+    }
+
+    #[test]
+    fn a_request_can_leave_the_queue_by_itself() {
+        let t = Instant::now();
+        let mut q = BatchQueue::new(Policy { max_queue_size: vec![0, 0], ..policy(8, &[], 0) });
+        q.push(1, one(2), t).unwrap();
+        q.push(2, Arrival { level: 1, ..one(3) }, t).unwrap();
+        assert_eq!(q.take(|&j| j == 2), Some(2));
+        assert_eq!(q.take(|&j| j == 2), None);
+        assert_eq!((q.len(), q.level_rows.clone()), (1, vec![2, 0]));
     }
 
     #[test]

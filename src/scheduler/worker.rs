@@ -106,7 +106,11 @@ impl Worker {
         // The instance is free again before the answers go out, so a
         // client that answers back at once finds it idle.
         let ran = result.as_ref().ok().map(|_| (total, compute));
-        self.shared.queue.lock().jobs.finished(self.index, ran);
+        {
+            let mut queue = self.shared.queue.lock();
+            queue.jobs.finished(self.index, ran);
+            shared.publish_if_attainability_changed(&queue.jobs);
+        }
         let outputs = match result {
             Ok((outputs, times)) => {
                 shared.stats.record_execution(total as u64, jobs.len() as u64, times);
