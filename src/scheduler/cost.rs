@@ -90,12 +90,9 @@ impl CostModel {
     }
 
     /// Whether anything was learnt yet.
+    #[cfg(test)]
     pub fn is_known(&self) -> bool {
         !self.predicted.is_empty()
-    }
-
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
     }
 
     /// The slot holding `rows` (rows within 1..=max_batch).
