@@ -10,6 +10,7 @@ use crate::shutdown;
 use crate::telemetry::slo::SloConfig;
 use crate::watch::Watcher;
 use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,8 +22,10 @@ pub struct State {
     pub config: Config,
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!(?config, "starting ferroserve {}", env!("CARGO_PKG_VERSION"));
+/// ONNX Runtime, the metrics recorder and the repository, built from
+/// `config` with no model loaded and nothing listening: what `run` starts
+/// from, and what an in-process driver (benches/instructions.rs) calls.
+pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)> {
     let library = locate_library(config.onnxruntime_library.as_deref()).map_err(anyhow::Error::msg)?;
     let runtime = Runtime::init(&library)?;
     tracing::info!(library = %library.display(), "ONNX Runtime loaded");
@@ -56,7 +59,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         },
         config.strict_readiness,
     ));
-    let state = Arc::new(State { repository: repository.clone(), config: config.clone() });
+    Ok((Arc::new(State { repository, config: config.clone() }), metrics))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!(?config, "starting ferroserve {}", env!("CARGO_PKG_VERSION"));
+    let (state, metrics) = prepare(&config)?;
+    let repository = state.repository.clone();
 
     // Bind first, so liveness answers while models load (readiness waits).
     let grpc = bind(config.grpc_address, config.grpc_port, "gRPC").await?;
@@ -160,7 +169,9 @@ async fn bind(address: std::net::IpAddr, port: u16, what: &str) -> anyhow::Resul
     TcpListener::bind(addr).await.with_context(|| format!("binding the {what} port {addr}"))
 }
 
-async fn load_initial(repository: &Arc<Repository>, config: &Config) {
+/// Loads the models `config` names at start-up (all of them unless explicit
+/// mode lists some).
+pub async fn load_initial(repository: &Arc<Repository>, config: &Config) {
     let all = match repository.scan() {
         Ok(names) => names,
         Err(e) => {

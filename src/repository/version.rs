@@ -324,11 +324,12 @@ impl ModelVersion {
                     tensor.name, spec.datatype, tensor.datatype
                 )));
             }
-            let expected = expected_shape(spec, batching);
-            if !shape_matches(&expected, &tensor.shape) {
+            if !client_shape_matches(spec, batching, &tensor.shape) {
                 return Err(Error::invalid(format!(
-                    "input '{}': expected shape {expected:?}, received {:?}",
-                    tensor.name, tensor.shape
+                    "input '{}': expected shape {:?}, received {:?}",
+                    tensor.name,
+                    expected_shape(spec, batching),
+                    tensor.shape
                 )));
             }
             if batching {
@@ -356,7 +357,8 @@ impl ModelVersion {
                 Some(tensor) => {
                     let shape = graph_shape(spec, &tensor.shape, batching);
                     (&spec.name, &shape[usize::from(batching)..]).hash(&mut group);
-                    inputs.push(Tensor { shape, ..tensor.clone() });
+                    let (name, data) = (tensor.name.clone(), tensor.data.clone());
+                    inputs.push(Tensor { name, datatype: tensor.datatype, shape, data });
                 }
                 None if spec.optional => {}
                 None => {
@@ -411,7 +413,7 @@ impl ModelVersion {
                 .position(|t| t.name == spec.name)
                 .ok_or_else(|| Error::internal(format!("the model did not produce output '{}'", spec.name)))?;
             let mut tensor = produced.swap_remove(index);
-            if spec.graph_dims != expected_shape(spec, batching) && spec.dims.iter().all(|&d| d >= 0) {
+            if !graph_is_declared(spec, batching) && spec.dims.iter().all(|&d| d >= 0) {
                 let mut shape = Vec::with_capacity(spec.dims.len() + 1);
                 if batching {
                     shape.push(batch as i64);
@@ -433,6 +435,26 @@ struct Prepared {
     level: usize,
 }
 
+/// Whether `shape` is one a client may send: [rows, dims...] when
+/// batching, dims alone otherwise (-1 in dims matches any size).
+fn client_shape_matches(spec: &IoSpec, batching: bool, shape: &[i64]) -> bool {
+    match (batching, shape.split_first()) {
+        (false, _) => shape_matches(&spec.dims, shape),
+        (true, Some((_, dims))) => shape_matches(&spec.dims, dims),
+        (true, None) => false,
+    }
+}
+
+/// Whether the graph takes the shape the config declares (no reshape):
+/// its dims are `expected_shape`.
+fn graph_is_declared(spec: &IoSpec, batching: bool) -> bool {
+    match (batching, spec.graph_dims.split_first()) {
+        (false, _) => spec.graph_dims == spec.dims,
+        (true, Some((&first, rest))) => first == -1 && rest == &spec.dims[..],
+        (true, None) => false,
+    }
+}
+
 /// The shape a client must send: [-1, dims...] when batching.
 fn expected_shape(spec: &IoSpec, batching: bool) -> Vec<i64> {
     let mut shape = Vec::with_capacity(spec.dims.len() + 1);
@@ -446,7 +468,7 @@ fn expected_shape(spec: &IoSpec, batching: bool) -> Vec<i64> {
 /// The shape the graph receives: the request's, or the config's reshape
 /// with the request's batch size.
 fn graph_shape(spec: &IoSpec, shape: &[i64], batching: bool) -> Vec<i64> {
-    if spec.graph_dims == expected_shape(spec, batching) {
+    if graph_is_declared(spec, batching) {
         return shape.to_vec();
     }
     let mut out = spec.graph_dims.clone();

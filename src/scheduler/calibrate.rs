@@ -80,11 +80,11 @@ impl Calibration {
             return;
         }
         ratios.since = 0;
-        let mut sorted = ratios.values.clone();
+        let mut values = ratios.values.clone();
         drop(ratios);
-        sorted.sort_unstable_by(f32::total_cmp);
-        let rank = ((sorted.len() as f64 * QUANTILE).ceil() as usize).clamp(1, sorted.len()) - 1;
-        let factor = f64::from(sorted[rank]).clamp(FLOOR, CEILING);
+        let rank = ((values.len() as f64 * QUANTILE).ceil() as usize).clamp(1, values.len()) - 1;
+        let (_, &mut quantile, _) = values.select_nth_unstable_by(rank, f32::total_cmp);
+        let factor = f64::from(quantile).clamp(FLOOR, CEILING);
         self.factor.store(factor.to_bits(), Ordering::Relaxed);
     }
 }

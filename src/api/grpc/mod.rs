@@ -59,7 +59,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 /// tonic::transport::Server, whose timeout layer answers an expired
 /// `grpc-timeout` CANCELLED: the deadline is ours to enforce
 /// (service.rs `grpc_deadline`), answered DEADLINE_EXCEEDED.
-fn routes(state: Arc<State>) -> tonic::service::Routes {
+pub fn routes(state: Arc<State>) -> tonic::service::Routes {
     let limit = state.config.max_message_bytes;
     let inference =
         pb::grpc_inference_service_server::GrpcInferenceServiceServer::new(service::Inference::new(state.clone()))
