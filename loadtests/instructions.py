@@ -5,9 +5,11 @@ Runs benches/instructions.rs (decode -> repository -> scheduler -> instance
 thread -> encode, no sockets) under `valgrind --tool=callgrind` twice, with
 LOW and HIGH requests, and divides the difference by HIGH - LOW: start-up and
 model loading cancel out. Instruction counts do not move with the machine's
-load, unlike time. ONNX Runtime's own instructions (its shared library) are
-reported apart from the server's; `--top` lists the functions where the
-server's instructions per request go.
+load, unlike time. ONNX Runtime's own instructions (every call into its
+shared library, with the C library functions it calls) are reported apart
+from the server's; `--top` lists the functions where the server's
+instructions per request go (self cost; a C library function there may
+have been called by ONNX Runtime).
 
     python3 loadtests/instructions.py [--model mlp] [--transports grpc,http-binary,http-json]
                                       [--low 200] [--high 1200] [--top 25]
@@ -42,19 +44,28 @@ def driver():
     raise SystemExit("cargo did not report the instructions bench executable")
 
 
-def self_costs(path):
-    """{(object, function): self instructions} from a callgrind output file."""
+def self_costs(path, executable):
+    """From a callgrind output file: ({(object, function): self instructions},
+    instructions spent inside calls from `executable`'s code into ONNX
+    Runtime, with whatever it called in turn: its own memcpy and malloc
+    count as its)."""
     names = {"ob": {}, "fn": {}}
     costs = collections.Counter()
-    ob = fn = None
-    skip_next = False
+    into_ort = 0
+    ob = fn = callee = None
+    call_cost_next = False
     with open(path) as f:
         for line in f:
             if line[0].isdigit() or line[0] in "+-*":
-                if skip_next:  # the inclusive cost of a call, not this function's own
-                    skip_next = False
-                    continue
                 parts = line.split()
+                if call_cost_next:  # the inclusive cost of a call, not this function's own
+                    call_cost_next = False
+                    # Only calls from the server's own code: ONNX Runtime calling the C++
+                    # library calling back into ONNX Runtime must not count twice.
+                    if len(parts) >= 2 and is_ort(callee or ob) and ob == executable:
+                        into_ort += int(parts[1])
+                    callee = None
+                    continue
                 if len(parts) >= 2:
                     costs[(ob, fn)] += int(parts[1])
                 continue
@@ -72,9 +83,15 @@ def self_costs(path):
                     ob = name
                 elif key == "fn":
                     fn = name
+                elif key == "cob":
+                    callee = name
             elif key == "calls":
-                skip_next = True
-    return costs
+                call_cost_next = True
+    return costs, into_ort
+
+
+def is_ort(obj):
+    return bool(obj and ORT_OBJECT.search(obj))
 
 
 def count(binary, model, transport, requests, work):
@@ -82,7 +99,7 @@ def count(binary, model, transport, requests, work):
     subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", binary, "--model", model,
                     "--requests", str(requests), "--transport", transport],
                    check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=1800)
-    return self_costs(out)
+    return self_costs(out, os.path.realpath(binary))
 
 
 def run(model, transports, low, high, top, binary=None):
@@ -92,17 +109,17 @@ def run(model, transports, low, high, top, binary=None):
     results = {}
     with tempfile.TemporaryDirectory(prefix="ferroserve-callgrind-") as work:
         for transport in transports:
-            small, large = count(binary, model, transport, low, work), count(binary, model, transport, high, work)
+            (small, small_ort), (large, large_ort) = (count(binary, model, transport, low, work),
+                                                      count(binary, model, transport, high, work))
             n = high - low
             per = {k: (large[k] - small.get(k, 0)) / n for k in large}
-            ort = sum(v for (ob, _), v in per.items() if ob and ORT_OBJECT.search(ob))
-            server = sum(v for (ob, _), v in per.items() if not (ob and ORT_OBJECT.search(ob)))
+            ort = (large_ort - small_ort) / n
+            server = sum(per.values()) - ort
             results[transport] = {"server_instructions_per_request": server, "ort_instructions_per_request": ort}
             print(f"{model} {transport}: {server:,.0f} server instructions per request "
                   f"(+ {ort:,.0f} in ONNX Runtime)", flush=True)
             if top:
-                ranked = sorted(((v, fn, ob) for (ob, fn), v in per.items() if not (ob and ORT_OBJECT.search(ob))),
-                                reverse=True)[:top]
+                ranked = sorted(((v, fn, ob) for (ob, fn), v in per.items() if not is_ort(ob)), reverse=True)[:top]
                 for v, fn, ob in ranked:
                     print(f"  {v:>9,.0f}  {fn}  [{os.path.basename(ob or '?')}]")
     return results

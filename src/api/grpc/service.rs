@@ -172,7 +172,10 @@ async fn traced_infer(
             if let Some(span) = &mut span {
                 span.attach(&mut request);
             }
-            repository.infer(request).await
+            // On the heap once: the repository's future is large, and
+            // every layer above (tonic boxes the call's future) would
+            // otherwise move it whole.
+            Box::pin(repository.infer(request)).await
         }
         Err(e) => Err(e),
     };
