@@ -1,5 +1,5 @@
 //! What one model version costs: execution time per batch size (rows),
-//! learnt from every batch it runs and seeded at load by one run per
+//! learnt from every batch it runs and seeded at load by a timed run per
 //! power-of-two size. The one source for dispatch (which batch size pays),
 //! admission (when would a request finish) and the exported gauges.
 //!
