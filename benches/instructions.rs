@@ -117,7 +117,7 @@ fn main() {
         shape.extend(&dims);
         let elements: i64 = dims.iter().product();
         let raw: Vec<u8> = (0..elements).flat_map(|_| 0.5f32.to_le_bytes()).collect();
-        let grpc = ferroserve::api::grpc::routes(state.clone());
+        let grpc = ferroserve::api::grpc::service(state.clone());
         let http = ferroserve::api::http::router(state.clone());
         let path = format!("/v2/models/{}/infer", args.model);
         let binary_header =

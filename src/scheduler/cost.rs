@@ -23,6 +23,9 @@ use std::time::Duration;
 const EXACT: usize = 64;
 /// Execution times kept per size.
 const SAMPLES: usize = 5;
+/// The predicted table is rebuilt when a size's estimate moves by more than
+/// 1/REBUILD_BY of the one it was built from: steady noise costs nothing.
+const REBUILD_BY: u64 = 32;
 /// The batch size chosen for throughput reaches this share of the best rows/s.
 const GOOD_ENOUGH: f64 = 0.95;
 /// What one execution costs the instance beyond the model itself (waking
@@ -36,25 +39,27 @@ struct Samples {
     times: [u64; SAMPLES],
     len: usize,
     next: usize,
+    /// The lower median of `times`, kept as they change.
+    estimate: Option<u64>,
+    /// The estimate the predicted table was last built from.
+    built: Option<u64>,
 }
 
 impl Samples {
-    fn push(&mut self, ns: u64) {
+    /// Adds a time; returns whether the estimate moved far enough from the
+    /// one the table was built from (REBUILD_BY) to rebuild it.
+    fn push(&mut self, ns: u64) -> bool {
         self.times[self.next] = ns;
         self.next = (self.next + 1) % SAMPLES;
         self.len = (self.len + 1).min(SAMPLES);
-    }
-
-    /// The lower median: with two samples the smaller, so one outlier
-    /// needs a second before it counts.
-    fn estimate(&self) -> Option<u64> {
-        if self.len == 0 {
-            return None;
-        }
         let mut sorted = self.times;
         let sorted = &mut sorted[..self.len];
         sorted.sort_unstable();
-        Some(sorted[(self.len - 1) / 2])
+        // The lower median: with two samples the smaller, so one outlier
+        // needs a second before it counts.
+        let estimate = sorted[(self.len - 1) / 2];
+        self.estimate = Some(estimate);
+        self.built.is_none_or(|built| estimate.abs_diff(built) > built / REBUILD_BY)
     }
 }
 
@@ -110,8 +115,9 @@ impl CostModel {
         let ns = elapsed.as_nanos().min(u128::from(u64::MAX)) as u64;
         // Above EXACT a slot stands for a class: scale to its size.
         let scaled = (ns as f64 * self.sizes[slot] as f64 / rows as f64) as u64;
-        self.samples[slot].push(scaled.max(1));
-        self.rebuild();
+        if self.samples[slot].push(scaled.max(1)) {
+            self.rebuild();
+        }
     }
 
     /// Recomputes the predicted table and the efficient size.
@@ -120,8 +126,9 @@ impl CostModel {
             .samples
             .iter()
             .zip(&self.sizes)
-            .filter_map(|(s, &size)| Some((size, s.estimate()? as f64 / 1e9)))
+            .filter_map(|(s, &size)| Some((size, s.estimate? as f64 / 1e9)))
             .collect();
+        self.samples.iter_mut().for_each(|s| s.built = s.estimate);
         let Some(&(first_size, first_time)) = known.first() else {
             self.predicted.clear();
             return;

@@ -18,7 +18,7 @@ use crate::telemetry::{self, VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
 use opentelemetry::trace::SpanContext;
 use parking_lot::{Condvar, Mutex};
-use policy::{Arrival, BatchQueue, Policy, Refusal};
+use policy::{Arrival, BatchQueue, Decision, Policy, Refusal};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -51,8 +51,16 @@ pub struct Labels {
 struct Shared {
     /// Pushed to by request tasks, taken from by idle instances.
     queue: Mutex<Queue>,
-    /// Signalled on every push and on close; idle instances wait on it.
+    /// Signalled on a push while an instance is idle, when a batch run by a
+    /// request leaves more queued, and on close; idle instance threads
+    /// wait on it.
     wake: Condvar,
+    /// One session per instance, used by whoever runs that instance's
+    /// batch: its thread, or a request's task (`worker::run_here`). Taken
+    /// by the thread when it exits.
+    sessions: Vec<Mutex<Option<Session>>>,
+    /// Whether batches have a batch dimension (max_batch_size > 0).
+    batching: bool,
     labels: Labels,
     stats: Arc<VersionStats>,
     metrics: VersionMetrics,
@@ -102,7 +110,19 @@ pub struct Placement {
 struct Queue {
     jobs: BatchQueue<Job>,
     closed: bool,
+    /// When the cost gauges are refreshed next.
+    publish_at: Instant,
 }
+
+/// How often the cost gauges are refreshed.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// A request alone in its version runs its batch on its own task, with no
+/// hand-off to the instance thread, when that batch is predicted to take at
+/// most this long: for a model of microseconds the two thread wake-ups
+/// cost more than the model, and a tokio worker held this long is not a
+/// stall (tokio's own guidance is 10-100 us between awaits).
+pub const RUN_HERE_LIMIT: Duration = Duration::from_micros(100);
 
 /// The handle the request path holds. Dropping it closes the queue: the
 /// instances finish what is queued, then exit and drop their sessions.
@@ -129,13 +149,16 @@ impl Scheduler {
             jobs.learn(rows, elapsed);
         }
         let cost_gauges = telemetry::CostGauges::new(&labels.model, &labels.version, &jobs.cost().classes());
+        let instances = sessions.len();
         let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue { jobs, closed: false }),
+            queue: Mutex::new(Queue { jobs, closed: false, publish_at: Instant::now() + PUBLISH_EVERY }),
             wake: Condvar::new(),
+            sessions: sessions.into_iter().map(|s| Mutex::new(Some(s))).collect(),
+            batching,
             labels: labels.clone(),
             stats,
             metrics,
-            live_workers: std::sync::atomic::AtomicUsize::new(sessions.len()),
+            live_workers: std::sync::atomic::AtomicUsize::new(instances),
             slo,
             admission,
             cost_gauges,
@@ -144,8 +167,8 @@ impl Scheduler {
             next_id: std::sync::atomic::AtomicU64::new(0),
         });
         shared.publish_cost(&shared.queue.lock().jobs);
-        for (index, session) in sessions.into_iter().enumerate() {
-            let worker = worker::Worker { shared: shared.clone(), session, batching, index };
+        for index in 0..instances {
+            let worker = worker::Worker { shared: shared.clone(), index };
             std::thread::Builder::new()
                 .name(format!("{}-{}-{index}", labels.model, labels.version))
                 .spawn(move || worker.run())
@@ -169,7 +192,8 @@ impl Scheduler {
         let now = Instant::now();
         let id = self.shared.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let job = Job { id, inputs, rows: placement.rows, enqueued: now, reply, trace };
-        let predicted;
+        let (predicted, run_here, wake);
+        let mut expired = Vec::new();
         {
             let mut queue = self.shared.queue.lock();
             if queue.closed {
@@ -193,9 +217,20 @@ impl Scheduler {
                     return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < by_slo), target));
                 }
             }
+            run_here = self.shared.take_batch_here(&mut queue, placement.rows, now, &mut expired);
             self.shared.metrics.set_queue_depth(queue.jobs.len());
+            // An instance thread is told only when one is idle to take it;
+            // a busy one looks at the queue again when its batch ends.
+            wake = run_here.is_none() && queue.jobs.idle_instance().is_some();
         }
-        self.shared.wake.notify_one();
+        worker::answer_expired(expired);
+        match run_here {
+            Some((index, jobs)) => worker::run_here(&self.shared, index, jobs),
+            None if wake => {
+                self.shared.wake.notify_one();
+            }
+            None => {}
+        }
         // If the caller stops waiting (client gone, deadline), wake an
         // instance so the abandoned job leaves the queue now, not at the
         // next decision.
@@ -314,6 +349,42 @@ impl Drop for Abandoned<'_> {
 }
 
 impl Shared {
+    /// For a version whose batches take microseconds (RUN_HERE_LIMIT, and
+    /// so did the latest executions) and that has one client at a time
+    /// (`alone`): the batch the policy releases now,
+    /// claimed for the calling task to run on an idle instance. None leaves
+    /// the queue to the instance threads: under load they run batches back
+    /// to back, one hand-off shared by a whole batch.
+    fn take_batch_here(
+        &self,
+        queue: &mut Queue,
+        rows: usize,
+        now: Instant,
+        expired: &mut Vec<Job>,
+    ) -> Option<(usize, Vec<Job>)> {
+        // Alone in the version, the request is the whole batch.
+        let quiet = queue.jobs.alone() && queue.jobs.reliably_quick() && !queue.closed;
+        let cost = queue.jobs.cost().predict(rows).filter(|_| quiet)?;
+        let index = queue.jobs.idle_instance().filter(|_| cost <= RUN_HERE_LIMIT)?;
+        self.publish_on_schedule(queue, now);
+        match queue.jobs.next_batch(now, |job| job.reply.is_closed(), expired) {
+            Decision::Run(jobs) => {
+                let rows = jobs.iter().map(|j| j.rows).sum();
+                queue.jobs.started(index, now, rows, jobs.len());
+                Some((index, jobs))
+            }
+            Decision::Idle | Decision::WaitUntil(_) => None,
+        }
+    }
+
+    /// Refreshes the cost gauges when PUBLISH_EVERY has passed.
+    fn publish_on_schedule(&self, queue: &mut Queue, now: Instant) {
+        if now >= queue.publish_at {
+            queue.publish_at = now + PUBLISH_EVERY;
+            self.publish_cost(&queue.jobs);
+        }
+    }
+
     /// Exports the cost model's predictions and whether the SLO is attainable.
     fn publish_cost(&self, jobs: &BatchQueue<Job>) {
         let cost = jobs.cost();

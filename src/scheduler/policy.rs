@@ -32,6 +32,7 @@
 //!   queued ahead of it.
 //! - Without batching (`max_batch_size` 0) each request runs alone.
 
+use super::RUN_HERE_LIMIT;
 use super::arrivals::Arrivals;
 use super::calibrate;
 use super::cost::{CostModel, PER_EXECUTION};
@@ -118,7 +119,14 @@ pub struct BatchQueue<J> {
     /// Predicted completions are multiplied by this before they are
     /// compared with a target (calibrate.rs).
     safety: f64,
+    /// The latest executions in a row that took at most RUN_HERE_LIMIT.
+    quick_streak: u32,
 }
+
+/// Executions in a row within RUN_HERE_LIMIT before a request may run its
+/// batch on its own task: a model whose cost depends on its input, or that
+/// was seeded by a warm-up cheaper than real requests, proves itself first.
+const QUICK_STREAK: u32 = 64;
 
 impl<J> BatchQueue<J> {
     pub fn new(mut policy: Policy) -> Self {
@@ -137,6 +145,7 @@ impl<J> BatchQueue<J> {
             arrivals: Arrivals::default(),
             running: vec![None; policy.instances],
             safety: calibrate::INITIAL,
+            quick_streak: 0,
             policy,
         }
     }
@@ -222,6 +231,22 @@ impl<J> BatchQueue<J> {
         self.running.iter().flatten().map(|r| r.requests).sum()
     }
 
+    /// An instance running nothing, if any.
+    pub fn idle_instance(&self) -> Option<usize> {
+        self.running.iter().position(Option::is_none)
+    }
+
+    /// Whether the version holds one request (queued or running) and has
+    /// lately never held more: a client at a time, with nobody to batch with.
+    pub fn alone(&self) -> bool {
+        self.len + self.running_requests() == 1 && self.arrivals.population() <= 1
+    }
+
+    /// Whether instance `instance` runs nothing now.
+    pub fn is_idle(&self, instance: usize) -> bool {
+        self.running.get(instance).is_some_and(Option::is_none)
+    }
+
     /// Instance `instance` started a batch of `rows` rows and `requests` requests.
     pub fn started(&mut self, instance: usize, now: Instant, rows: usize, requests: usize) {
         let ends = now + self.cost.predict(rows).unwrap_or_default();
@@ -238,7 +263,14 @@ impl<J> BatchQueue<J> {
         }
         if let Some((rows, elapsed)) = ran {
             self.cost.record(rows, elapsed);
+            self.quick_streak = if elapsed <= RUN_HERE_LIMIT { self.quick_streak.saturating_add(1) } else { 0 };
         }
+    }
+
+    /// Whether the latest QUICK_STREAK executions all took at most
+    /// RUN_HERE_LIMIT.
+    pub fn reliably_quick(&self) -> bool {
+        self.quick_streak >= QUICK_STREAK
     }
 
     /// Seeds the cost model (the load-time profile).
@@ -485,6 +517,27 @@ mod tests {
             q.drain();
         }
         t
+    }
+
+    #[test]
+    fn a_request_may_run_its_own_batch_only_alone_and_after_a_streak_of_quick_runs() {
+        let mut q = costed(policy(8, &[], 0), us(5), us(1));
+        let t = Instant::now();
+        for i in 0..QUICK_STREAK {
+            assert!(!q.reliably_quick(), "the warm-up profile and {i} runs prove nothing yet");
+            q.started(0, t, 1, 1);
+            q.finished(0, Some((1, us(8))));
+        }
+        assert!(q.reliably_quick());
+        q.push(1, one(1), t).unwrap();
+        assert!(q.alone(), "one request, nothing running, one client lately");
+        q.push(2, one(1), t).unwrap();
+        assert!(!q.alone(), "two queued");
+        q.drain();
+        // One slow execution (an input that costs more) starts the streak over.
+        q.started(0, t, 1, 1);
+        q.finished(0, Some((1, RUN_HERE_LIMIT + us(1))));
+        assert!(!q.reliably_quick());
     }
 
     #[test]

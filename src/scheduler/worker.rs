@@ -1,6 +1,7 @@
 //! The instance thread: waits for the policy to release a batch, answers
-//! expired requests, runs the batch on its own session and splits the
-//! outputs back to each request.
+//! expired requests, runs the batch on its instance's session and splits
+//! the outputs back to each request. A request's task may run a batch the
+//! same way itself (`run_here`) when batches take microseconds.
 
 use super::{Job, Shared, batch, policy::Decision};
 use crate::error::Error;
@@ -8,53 +9,46 @@ use crate::runtime::{RunInput, Session};
 use crate::telemetry::trace;
 use opentelemetry::KeyValue;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-
-/// How often an instance refreshes the cost gauges.
-const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+use std::time::Instant;
 
 pub(super) struct Worker {
     pub shared: Arc<Shared>,
-    pub session: Session,
-    pub batching: bool,
     /// This instance's place among the version's instances.
     pub index: usize,
 }
 
 impl Worker {
-    pub fn run(mut self) {
+    pub fn run(self) {
         let mut expired = Vec::new();
-        let mut publish_at = Instant::now() + PUBLISH_EVERY;
-        while let Some(jobs) = self.next_batch(&mut expired, &mut publish_at) {
-            for job in expired.drain(..) {
-                let _ = job
-                    .reply
-                    .send(Err(Error::DeadlineExceeded("the request's deadline passed while it was queued".into())));
-            }
+        while let Some(jobs) = self.next_batch(&mut expired) {
+            answer_expired(expired.drain(..));
             if !jobs.is_empty() {
-                self.execute(jobs);
+                let mut session = self.shared.sessions[self.index].lock();
+                let session = session.as_mut().expect("a session lives as long as its thread; this is a bug");
+                execute(&self.shared, self.index, session, jobs);
             }
         }
         // The version is retired and its queue is empty: free the session,
         // and once every instance has, hand the memory back.
-        let Worker { shared, session, .. } = self;
+        let session = self.shared.sessions[self.index].lock().take();
         drop(session);
-        if shared.live_workers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+        if self.shared.live_workers.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
             crate::runtime::return_freed_memory();
         }
     }
 
-    /// Blocks until a batch may run; None once the queue is closed and
-    /// empty. Refreshes the cost gauges every PUBLISH_EVERY.
-    fn next_batch(&mut self, expired: &mut Vec<Job>, publish_at: &mut Instant) -> Option<Vec<Job>> {
+    /// Blocks until a batch may run on this instance; None once the queue
+    /// is closed and empty. While a request runs a batch on this instance
+    /// itself (`run_here`), the thread waits.
+    fn next_batch(&self, expired: &mut Vec<Job>) -> Option<Vec<Job>> {
         let mut queue = self.shared.queue.lock();
-        let now = Instant::now();
-        if now >= *publish_at {
-            *publish_at = now + PUBLISH_EVERY;
-            self.shared.publish_cost(&queue.jobs);
-        }
         loop {
             let now = Instant::now();
+            if !queue.jobs.is_idle(self.index) {
+                self.shared.wake.wait(&mut queue);
+                continue;
+            }
+            self.shared.publish_on_schedule(&mut queue, now);
             let decision = queue.jobs.next_batch(now, |job| job.reply.is_closed(), expired);
             let more = !queue.jobs.is_empty();
             self.shared.metrics.set_queue_depth(queue.jobs.len());
@@ -77,65 +71,87 @@ impl Worker {
             }
         }
     }
+}
 
-    fn execute(&mut self, jobs: Vec<Job>) {
-        let started = Instant::now();
-        let shared = &self.shared;
-        let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
-        let total: usize = rows.iter().sum();
-        for job in &jobs {
-            shared.stats.queue.add(started - job.enqueued);
+/// Answers requests whose deadline passed before they could run.
+pub(super) fn answer_expired(jobs: impl IntoIterator<Item = Job>) {
+    for job in jobs {
+        let _ =
+            job.reply.send(Err(Error::DeadlineExceeded("the request's deadline passed while it was queued".into())));
+    }
+}
+
+/// Runs `jobs` on instance `index`, already marked started, on the calling
+/// thread: a request's own task, for a version whose batches take a few
+/// microseconds, where the hand-off to the instance thread and back costs
+/// more than the batch. Wakes an instance thread when more is queued.
+pub(super) fn run_here(shared: &Shared, index: usize, jobs: Vec<Job>) {
+    let mut session = shared.sessions[index].lock();
+    let session = session.as_mut().expect("a session lives while its instance is running; this is a bug");
+    if execute(shared, index, session, jobs) {
+        shared.wake.notify_one();
+    }
+}
+
+/// Runs one batch on `session` (instance `index`) and answers its
+/// requests; returns whether requests are still queued.
+fn execute(shared: &Shared, index: usize, session: &mut Session, jobs: Vec<Job>) -> bool {
+    let started = Instant::now();
+    let rows: Vec<usize> = jobs.iter().map(|j| j.rows).collect();
+    let total: usize = rows.iter().sum();
+    for job in &jobs {
+        shared.stats.queue.add(started - job.enqueued);
+    }
+    let first = &jobs[0].inputs;
+    let shapes: Vec<Vec<i64>> = first.iter().map(|t| batch::batched_shape(&t.shape, total, shared.batching)).collect();
+    let parts: Vec<Vec<&[u8]>> =
+        (0..first.len()).map(|i| jobs.iter().map(|j| &j.inputs[i].data[..]).collect()).collect();
+    let inputs: Vec<RunInput<'_>> = first
+        .iter()
+        .zip(&shapes)
+        .zip(&parts)
+        .map(|((t, shape), parts)| RunInput { name: &t.name, datatype: t.datatype, shape, parts })
+        .collect();
+    let result = session.run(&inputs);
+    let compute = started.elapsed();
+    if jobs.iter().any(|j| j.trace.is_some()) {
+        record_spans(&jobs, started, started + compute, total);
+    }
+    let labels = &shared.labels;
+    // The instance is free again before the answers go out, so a
+    // client that answers back at once finds it idle.
+    let ran = result.as_ref().ok().map(|_| (total, compute));
+    let more = {
+        let mut queue = shared.queue.lock();
+        queue.jobs.finished(index, ran);
+        shared.publish_if_attainability_changed(&queue.jobs);
+        !queue.jobs.is_empty()
+    };
+    let outputs = match result {
+        Ok((outputs, times)) => {
+            shared.stats.record_execution(total as u64, jobs.len() as u64, times);
+            let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
+            shared.metrics.record_execution(queued, compute, total);
+            batch::split(outputs, &rows, shared.batching)
         }
-        let first = &jobs[0].inputs;
-        let shapes: Vec<Vec<i64>> =
-            first.iter().map(|t| batch::batched_shape(&t.shape, total, self.batching)).collect();
-        let parts: Vec<Vec<&[u8]>> =
-            (0..first.len()).map(|i| jobs.iter().map(|j| &j.inputs[i].data[..]).collect()).collect();
-        let inputs: Vec<RunInput<'_>> = first
-            .iter()
-            .zip(&shapes)
-            .zip(&parts)
-            .map(|((t, shape), parts)| RunInput { name: &t.name, datatype: t.datatype, shape, parts })
-            .collect();
-        let result = self.session.run(&inputs);
-        let compute = started.elapsed();
-        if jobs.iter().any(|j| j.trace.is_some()) {
-            record_spans(&jobs, started, started + compute, total);
+        Err(e) => {
+            tracing::warn!(model = %labels.model, version = %labels.version, error = %e, "model execution failed");
+            Err(Error::internal(format!("model execution failed: {e}")))
         }
-        let labels = &shared.labels;
-        // The instance is free again before the answers go out, so a
-        // client that answers back at once finds it idle.
-        let ran = result.as_ref().ok().map(|_| (total, compute));
-        {
-            let mut queue = self.shared.queue.lock();
-            queue.jobs.finished(self.index, ran);
-            shared.publish_if_attainability_changed(&queue.jobs);
+    };
+    match outputs {
+        Ok(per_job) => {
+            for (job, outputs) in jobs.into_iter().zip(per_job) {
+                let _ = job.reply.send(Ok(outputs));
+            }
         }
-        let outputs = match result {
-            Ok((outputs, times)) => {
-                shared.stats.record_execution(total as u64, jobs.len() as u64, times);
-                let queued = jobs.iter().map(|j| started - j.enqueued).max().unwrap_or_default();
-                shared.metrics.record_execution(queued, compute, total);
-                batch::split(outputs, &rows, self.batching)
-            }
-            Err(e) => {
-                tracing::warn!(model = %labels.model, version = %labels.version, error = %e, "model execution failed");
-                Err(Error::internal(format!("model execution failed: {e}")))
-            }
-        };
-        match outputs {
-            Ok(per_job) => {
-                for (job, outputs) in jobs.into_iter().zip(per_job) {
-                    let _ = job.reply.send(Ok(outputs));
-                }
-            }
-            Err(e) => {
-                for job in jobs {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+        Err(e) => {
+            for job in jobs {
+                let _ = job.reply.send(Err(e.clone()));
             }
         }
     }
+    more
 }
 
 /// Gives each traced request of a batch its `queue` span (enqueued until

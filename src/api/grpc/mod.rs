@@ -5,6 +5,7 @@
 mod contents;
 mod health;
 mod service;
+mod unary;
 
 use crate::api::listen::{self, Limits, Protocol};
 use crate::pb;
@@ -13,8 +14,7 @@ use crate::shutdown::Phases;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
-use tower::Layer;
-use tower::util::MapResponseLayer;
+use tower::util::MapResponse;
 
 pub use health::HealthService;
 pub use service::{check_repository_name, decode_request, encode_response, explicit_mode, load_parameter_refused};
@@ -80,10 +80,20 @@ pub fn routes(state: Arc<State>) -> tonic::service::Routes {
         .prepare()
 }
 
+/// What the gRPC port serves: ModelInfer by unary.rs, everything else by
+/// tonic's routes, with tonic's codec refusals in the protocol's codes.
+pub type Service = unary::Front<MapResponse<tonic::service::Routes, Answer>>;
+type Answer =
+    fn(tonic::codegen::http::Response<tonic::body::Body>) -> tonic::codegen::http::Response<tonic::body::Body>;
+
+pub fn service(state: Arc<State>) -> Service {
+    let routes = MapResponse::new(routes(state.clone()), codec_refusals_as_protocol_codes as Answer);
+    unary::Front::new(state, routes)
+}
+
 /// Serves until `shutdown` fires, then stops accepting and lets in-flight
 /// calls finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, phases: Phases) {
     let limits = Limits::from(&state.config);
-    let service = MapResponseLayer::new(codec_refusals_as_protocol_codes).layer(routes(state));
-    listen::serve(listener, service, Protocol::Http2, limits, phases).await;
+    listen::serve(listener, service(state), Protocol::Http2, limits, phases).await;
 }

@@ -132,8 +132,8 @@ pub fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
 /// H M S m u n): now plus the timeout. Nothing else enforces the header (the
 /// front has no transport timeout layer, see api/grpc/mod.rs), so when it
 /// passes the client hears DEADLINE_EXCEEDED from the repository.
-fn grpc_deadline<T>(request: &Request<T>) -> Option<Instant> {
-    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+pub(super) fn grpc_deadline(headers: &tonic::codegen::http::HeaderMap) -> Option<Instant> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     let amount: u64 = digits.parse().ok()?;
     let timeout = match unit {
@@ -161,7 +161,7 @@ pub fn load_parameter_refused(key: &str) -> Error {
 const STREAM_IN_FLIGHT: usize = 64;
 
 /// Decodes and runs one request inside its server span (when traced).
-async fn traced_infer(
+pub(super) async fn traced_infer(
     repository: &crate::repository::Repository,
     mut span: Option<RequestSpan>,
     message: pb::ModelInferRequest,
@@ -186,8 +186,8 @@ async fn traced_infer(
 }
 
 /// The W3C trace-context metadata of a call.
-fn trace_context(metadata: &tonic::metadata::MetadataMap) -> Incoming {
-    let value = |key: &str| metadata.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+pub(super) fn trace_context(headers: &tonic::codegen::http::HeaderMap) -> Incoming {
+    let value = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
     Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
 }
 
@@ -240,8 +240,8 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        let span = RequestSpan::start("grpc", || trace_context(request.metadata()));
-        let deadline = grpc_deadline(&request);
+        let span = RequestSpan::start("grpc", || trace_context(request.metadata().as_ref()));
+        let deadline = grpc_deadline(request.metadata().as_ref());
         let result = traced_infer(&self.state.repository, span, request.into_inner(), deadline).await;
         reply(result.map(encode_response))
     }
@@ -252,10 +252,10 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Reply<ResponseStream> {
-        let deadline = grpc_deadline(&request);
+        let deadline = grpc_deadline(request.metadata().as_ref());
         // Every message of the stream is a request with its own span, all
         // children of the call's trace context.
-        let parent = trace::tracer().map(|_| trace_context(request.metadata()));
+        let parent = trace::tracer().map(|_| trace_context(request.metadata().as_ref()));
         let mut incoming = request.into_inner();
         let repository = self.state.repository.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);

@@ -1,0 +1,320 @@
+//! The front of the gRPC port: ModelInfer, the call that carries the
+//! traffic, answered without tonic's per-call layers (routing, the codec's
+//! streaming decoder and encoder, boxed futures per layer); every other call,
+//! and a ModelInfer with a compressed body, goes to tonic's routes.
+//!
+//! The unary exchange is small enough to state whole: the request body is
+//! one length-prefixed message (read to its end, as tonic does, so the
+//! stream is closed on both sides before the answer), and the answer is the
+//! headers, one length-prefixed message and the `grpc-status: 0` trailers;
+//! an error is a trailers-only answer, built by tonic's own `Status`.
+//!
+//! Responses are compressed only for a client that compressed its request:
+//! gRPC's C core (perf_analyzer, tritonclient, the KServe SDK) lists every
+//! algorithm in `grpc-accept-encoding` on every call, and deflating each
+//! answer of a few hundred bytes cost more CPU than the rest of the call.
+//! Triton's server, too, answers uncompressed unless told otherwise.
+
+use super::service::{grpc_deadline, trace_context, traced_infer};
+use crate::api::grpc_status;
+use crate::pb;
+use crate::server::State;
+use crate::telemetry::trace::RequestSpan;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::future::{BoxFuture, Either};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
+use hyper::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use hyper::{Request, Response};
+use prost::Message;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tonic::{Code, Status};
+
+/// The path of the call this front answers itself.
+pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// The length-prefixed message framing: a compressed flag and a big-endian
+/// length.
+const PREFIX: usize = 5;
+
+const ENCODING: &str = "grpc-encoding";
+const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
+
+/// The gRPC port's service: ModelInfer here, the rest by `routes`.
+#[derive(Clone)]
+pub struct Front<S> {
+    state: Arc<State>,
+    routes: S,
+}
+
+impl<S> Front<S> {
+    pub fn new(state: Arc<State>, routes: S) -> Self {
+        Front { state, routes }
+    }
+}
+
+impl<S, B> tower::Service<Request<B>> for Front<S>
+where
+    S: tower::Service<Request<B>, Response = Response<tonic::body::Body>, Error = Infallible>,
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    type Response = Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Either<BoxFuture<'static, Result<Self::Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.routes.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let compressed = compressed(request.headers());
+        if request.uri().path() == MODEL_INFER && !compressed {
+            return Either::Left(Box::pin(model_infer(self.state.clone(), request)));
+        }
+        if !compressed {
+            // tonic would compress the answer to anyone who accepts it.
+            request.headers_mut().remove(ACCEPT_ENCODING);
+        }
+        Either::Right(self.routes.call(request))
+    }
+}
+
+/// Whether the request's messages are compressed (`grpc-encoding` other
+/// than identity).
+fn compressed(headers: &HeaderMap) -> bool {
+    headers.get(ENCODING).is_some_and(|e| e.as_bytes() != b"identity")
+}
+
+async fn model_infer<B>(state: Arc<State>, request: Request<B>) -> Result<Response<tonic::body::Body>, Infallible>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let (parts, body) = request.into_parts();
+    let limit = state.config.max_message_bytes;
+    let message = match read_message(body, limit).await {
+        Ok(message) => message,
+        Err(status) => return Ok(status.into_http()),
+    };
+    let message = match pb::ModelInferRequest::decode(message) {
+        Ok(message) => message,
+        Err(e) => {
+            return Ok(Status::invalid_argument(format!("failed to decode Protobuf message: {e}")).into_http());
+        }
+    };
+    let span = RequestSpan::start("grpc", || trace_context(&parts.headers));
+    let deadline = grpc_deadline(&parts.headers);
+    let answer = match traced_infer(&state.repository, span, message, deadline).await {
+        Ok(response) => super::encode_response(response),
+        Err(e) => return Ok(grpc_status(e).into_http()),
+    };
+    Ok(match frame(&answer, limit) {
+        Ok(frame) => answered(frame),
+        Err(status) => status.into_http(),
+    })
+}
+
+/// Reads the whole request body and returns its one message. The body is
+/// read to its end, so a client's END_STREAM has arrived before the answer
+/// goes out (an answer ahead of it makes the server reset the stream).
+async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::fmt::Display,
+{
+    let mut body = std::pin::pin!(body);
+    // Most messages arrive in one DATA frame: kept as it came, no copy.
+    let mut first: Option<Bytes> = None;
+    let mut joined = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| Status::cancelled(format!("the request body could not be read: {e}")))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        if data.is_empty() {
+            continue;
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+        let received = first.as_ref().map_or(joined.len(), Bytes::len);
+        let head = first.as_deref().unwrap_or(&joined);
+        if head.len() >= PREFIX {
+            let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+            if length > limit {
+                return Err(Status::resource_exhausted(format!(
+                    "the request message is too large: {length} bytes, over the limit of {limit} (--max-message-bytes)"
+                )));
+            }
+            if received > PREFIX + length {
+                return Err(Status::invalid_argument("a unary call carries exactly one message; more followed it"));
+            }
+        }
+    }
+    let mut whole = first.unwrap_or_else(|| joined.freeze());
+    if whole.len() < PREFIX {
+        return Err(Status::invalid_argument("the call ended without a request message"));
+    }
+    let flag = whole[0];
+    let length = u32::from_be_bytes([whole[1], whole[2], whole[3], whole[4]]) as usize;
+    if whole.len() < PREFIX + length {
+        return Err(Status::invalid_argument(format!(
+            "the call ended inside its request message ({} of {length} bytes)",
+            whole.len() - PREFIX
+        )));
+    }
+    if flag != 0 {
+        return Err(Status::invalid_argument(
+            "the request message is flagged compressed but the call names no grpc-encoding",
+        ));
+    }
+    whole.advance(PREFIX);
+    Ok(whole)
+}
+
+/// The answer's one message, length-prefixed, in a single buffer.
+fn frame(answer: &pb::ModelInferResponse, limit: usize) -> Result<Bytes, Status> {
+    let length = answer.encoded_len();
+    if length > limit {
+        return Err(Status::resource_exhausted(format!(
+            "the response message is too large: {length} bytes, over the limit of {limit} (--max-message-bytes)"
+        )));
+    }
+    let mut frame = BytesMut::with_capacity(PREFIX + length);
+    frame.put_u8(0);
+    frame.put_u32(length as u32);
+    answer.encode(&mut frame).expect("the buffer was sized for the message");
+    Ok(frame.freeze())
+}
+
+fn answered(frame: Bytes) -> Response<tonic::body::Body> {
+    let mut response = Response::new(tonic::body::Body::new(Unary { message: Some(frame), trailers: true }));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    response
+}
+
+/// A successful unary answer's body: the message, then `grpc-status: 0`.
+/// Nothing can end it OK without the message: the trailers come only after
+/// the message was taken.
+struct Unary {
+    message: Option<Bytes>,
+    trailers: bool,
+}
+
+impl Body for Unary {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        if std::mem::take(&mut self.trailers) {
+            let mut trailers = HeaderMap::with_capacity(1);
+            trailers.insert("grpc-status", HeaderValue::from(Code::Ok as i32));
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && !self.trailers
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.message.as_ref().map_or(0, |m| m.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::StreamBody;
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut frame = vec![0];
+        frame.extend((message.len() as u32).to_be_bytes());
+        frame.extend(message);
+        frame
+    }
+
+    /// A body delivering `chunks` as separate DATA frames.
+    fn chunked(chunks: Vec<Vec<u8>>) -> impl Body<Data = Bytes, Error = Infallible> {
+        StreamBody::new(futures::stream::iter(chunks.into_iter().map(|c| Ok(Frame::data(Bytes::from(c))))))
+    }
+
+    fn read(chunks: Vec<Vec<u8>>, limit: usize) -> Result<Bytes, Status> {
+        futures::executor::block_on(read_message(chunked(chunks), limit))
+    }
+
+    #[test]
+    fn a_message_split_anywhere_reads_the_same() {
+        let frame = framed(b"hello, model");
+        assert_eq!(read(vec![frame.clone()], 100).unwrap(), &b"hello, model"[..]);
+        for cut in 1..frame.len() {
+            let (a, b) = frame.split_at(cut);
+            assert_eq!(read(vec![a.to_vec(), vec![], b.to_vec()], 100).unwrap(), &b"hello, model"[..], "cut at {cut}");
+        }
+        assert_eq!(read(vec![framed(b"")], 100).unwrap(), &b""[..], "an empty message is a message");
+    }
+
+    #[test]
+    fn a_malformed_body_is_the_clients_fault_and_says_why() {
+        let frame = framed(b"twelve bytes");
+        let cases: Vec<(Vec<Vec<u8>>, Code, &str)> = vec![
+            (vec![], Code::InvalidArgument, "without a request message"),
+            (vec![frame[..3].to_vec()], Code::InvalidArgument, "without a request message"),
+            (vec![frame[..9].to_vec()], Code::InvalidArgument, "inside its request message (4 of 12 bytes)"),
+            (vec![frame.clone(), framed(b"x")], Code::InvalidArgument, "exactly one message"),
+            (vec![framed(&[0; 101])], Code::ResourceExhausted, "too large: 101 bytes, over the limit of 100"),
+        ];
+        for (chunks, code, words) in cases {
+            let status = read(chunks, 100).unwrap_err();
+            assert_eq!(status.code(), code, "{status:?}");
+            assert!(status.message().contains(words), "{status:?}");
+        }
+        let mut flagged = frame.clone();
+        flagged[0] = 1;
+        let status = read(vec![flagged], 100).unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(status.message().contains("grpc-encoding"), "{status:?}");
+    }
+
+    #[test]
+    fn an_oversized_length_is_refused_before_the_body_arrives() {
+        // The prefix alone announces 4 GiB: refused at once, not buffered.
+        let status = read(vec![vec![0, 0xff, 0xff, 0xff, 0xff]], 1 << 20).unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn an_answer_is_its_message_then_status_ok() {
+        let answer = pb::ModelInferResponse { model_name: "m".into(), ..Default::default() };
+        let response = answered(frame(&answer, 100).unwrap());
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
+        let collected = futures::executor::block_on(response.into_body().collect()).unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
+        let bytes = collected.to_bytes();
+        assert_eq!(&bytes[..PREFIX], &[0, 0, 0, 0, answer.encoded_len() as u8]);
+        assert_eq!(pb::ModelInferResponse::decode(&bytes[PREFIX..]).unwrap(), answer);
+        let status = frame(&answer, 2).unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn only_a_compressed_request_is_answered_compressed() {
+        let mut headers = HeaderMap::new();
+        assert!(!compressed(&headers));
+        headers.insert(ENCODING, HeaderValue::from_static("identity"));
+        assert!(!compressed(&headers));
+        headers.insert(ENCODING, HeaderValue::from_static("gzip"));
+        assert!(compressed(&headers));
+    }
+}
