@@ -77,6 +77,7 @@ fn main() {
             intra_op_threads: threads,
             inter_op_threads: 1,
             spinning: true,
+            spin_between_runs: false,
             prepacked: Default::default(),
         };
         let mut session = runtime.load(&dir.join("1/model.onnx"), &options).expect("loading the model");

@@ -13,8 +13,13 @@ use std::path::Path;
 fn mlp(c: &mut Criterion) {
     let library = locate_library(None).expect("ONNX Runtime library (run deploy/setup.sh ort)");
     let runtime = Runtime::init(&library).expect("initialising ONNX Runtime");
-    let options =
-        SessionOptions { intra_op_threads: 1, inter_op_threads: 1, spinning: true, prepacked: Default::default() };
+    let options = SessionOptions {
+        intra_op_threads: 1,
+        inter_op_threads: 1,
+        spinning: true,
+        spin_between_runs: false,
+        prepacked: Default::default(),
+    };
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mlp/1/model.onnx");
     let mut session = runtime.load(&model, &options).expect("loading models/mlp");
     let mut group = c.benchmark_group("inprocess_mlp");

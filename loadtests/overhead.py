@@ -13,8 +13,9 @@ JSON-versus-binary ratio).
                                   [--clients perf_analyzer,ferroload] [--baseline PATH]
 
 Every point is measured --repeat times and the medians reported. A
-generated model (mlp_big, resnet50: loadtests/models.py) runs as configured
-and as <name>_nospin, with allow_spinning 0. --baseline runs a second build
+generated model (mlp_big, resnet50: loadtests/models.py) runs as configured,
+as <name>_nospin, with allow_spinning 0, and as <name>_spin, with
+spin_between_runs 1 (ONNX Runtime's own default). --baseline runs a second build
 beside target/release/ferroserve (both servers up at once, the order
 alternating per point), for a before/after table from one run.
 --instructions adds the callgrind count per request of the in-process path
@@ -39,6 +40,7 @@ from harness import LOADGEN, ROOT, Server, ghz_config, percentile  # noqa: E402
 
 PERF = os.path.join(ROOT, ".deps/perf_analyzer/perf_analyzer")
 NO_SPINNING = 'parameters { key: "allow_spinning" value { string_value: "0" } }\n'
+SPIN_BETWEEN_RUNS = 'parameters { key: "spin_between_runs" value { string_value: "1" } }\n'
 TICKS = os.sysconf("SC_CLK_TCK")
 # (transport, client): what each client can send.
 TRANSPORTS = {
@@ -80,7 +82,7 @@ class Window:
 
 def typed_data(model):
     """The request ferroload sends: the shipped model's ghz data, or seeded noise for a generated one."""
-    base = model.removesuffix("_nospin")
+    base = model.removesuffix("_nospin").removesuffix("_spin")
     if base in bench.GENERATED:
         data = bench.sweep_data(base)
         raw = base64.b64decode(data.pop("raw_input_contents")[0])
@@ -177,14 +179,19 @@ def run(args):
             shutil.copytree(os.path.join(ROOT, "models", model), os.path.join(repo, model))
             names.append(model)
             continue
-        # A generated model (loadtests/models.py) as configured, and with
-        # ONNX Runtime's pool threads parking instead of spinning.
+        # A generated model (loadtests/models.py) as configured (ONNX
+        # Runtime's pool threads spin while a run lasts), with them parking
+        # instead of spinning, and (not with --baseline, whose build may not
+        # know the parameter) spinning between runs too, ONNX Runtime's default.
         folder = bench.generate(model)
         config = open(os.path.join(folder, "config.pbtxt")).read()
         bench.add_entry(repo, model, folder, config)
-        nospin = config.replace(f'name: "{model}"', f'name: "{model}_nospin"') + NO_SPINNING
-        bench.add_entry(repo, f"{model}_nospin", folder, nospin)
-        names += [model, f"{model}_nospin"]
+        names.append(model)
+        variants = [("_nospin", NO_SPINNING)] + ([] if args.baseline else [("_spin", SPIN_BETWEEN_RUNS)])
+        for suffix, parameter in variants:
+            variant = config.replace(f'name: "{model}"', f'name: "{model}{suffix}"') + parameter
+            bench.add_entry(repo, f"{model}{suffix}", folder, variant)
+            names.append(f"{model}{suffix}")
     models = names
     builds = [("now", os.path.abspath(args.server))]
     if args.baseline:
@@ -232,7 +239,7 @@ def run(args):
         import instructions
 
         print(f"\ninstructions per request, in process (callgrind; this tree's build):")
-        shipped = next((m for m in models if m not in bench.GENERATED and not m.endswith("_nospin")), "mlp")
+        shipped = next((m for m in models if m not in bench.GENERATED and not m.endswith(("_nospin", "_spin"))), "mlp")
         result["instructions"] = instructions.run(shipped, ["grpc", "http-binary", "http-json"], 200, 1200, 0)
     with open(os.path.join(args.out, "overhead.json"), "w") as f:
         json.dump(result, f, indent=2)

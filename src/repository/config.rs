@@ -20,6 +20,7 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "intra_op_thread_count",
     "inter_op_thread_count",
     "allow_spinning",
+    "spin_between_runs",
     "adaptive_concurrency",
     "adaptive_concurrency_min",
     "adaptive_concurrency_max",

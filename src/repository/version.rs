@@ -150,6 +150,7 @@ impl ModelVersion {
             intra_op_threads: intra,
             inter_op_threads: config::parameter(&config, "inter_op_thread_count").unwrap_or(1),
             spinning: config::parameter(&config, "allow_spinning").is_none_or(|v| v != 0),
+            spin_between_runs: config::parameter(&config, "spin_between_runs").is_some_and(|v| v != 0),
             prepacked: Default::default(),
         };
         // Sessions are built, warmed up and profiled on a thread of their own,

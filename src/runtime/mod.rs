@@ -47,6 +47,9 @@ pub struct SessionOptions {
     /// Whether idle thread-pool threads busy-wait for the next operator:
     /// lower latency, but they hold cores the network threads could use.
     pub spinning: bool,
+    /// Whether they keep busy-waiting once a run has returned, for the next
+    /// one (ONNX Runtime's own default), rather than only while a run lasts.
+    pub spin_between_runs: bool,
     /// Weights prepacked once and shared by every instance of one version.
     pub prepacked: Weights,
 }

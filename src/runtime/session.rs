@@ -48,6 +48,12 @@ pub(super) fn load(
         .and_then(|b| b.with_parallel_execution(options.inter_op_threads > 1).map_err(Into::into))
         .and_then(|b| b.with_intra_op_spinning(options.spinning).map_err(Into::into))
         .and_then(|b| b.with_inter_op_spinning(options.spinning).map_err(Into::into))
+        // Pool threads spin while a run lasts and stop when it returns, so an
+        // idle model holds no core between requests.
+        .and_then(|b| {
+            b.with_config_entry("session.force_spinning_stop", if options.spin_between_runs { "0" } else { "1" })
+                .map_err(Into::into)
+        })
         .and_then(|b| b.with_prepacked_weights(&options.prepacked.0).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e: ort::Error| format!("ONNX Runtime could not load {}: {e}", path.display()))?;
