@@ -62,6 +62,14 @@ pub struct Incoming {
     pub tracestate: Option<String>,
 }
 
+impl Incoming {
+    /// The W3C trace-context headers of a request (HTTP, or gRPC metadata).
+    pub fn from_headers(headers: &hyper::HeaderMap) -> Incoming {
+        let value = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
+        Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
+    }
+}
+
 impl Extractor for Incoming {
     fn get(&self, key: &str) -> Option<&str> {
         match key {

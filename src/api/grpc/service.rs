@@ -185,12 +185,6 @@ pub(super) async fn traced_infer(
     result
 }
 
-/// The W3C trace-context metadata of a call.
-pub(super) fn trace_context(headers: &tonic::codegen::http::HeaderMap) -> Incoming {
-    let value = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
-    Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
-}
-
 /// Runs one streamed request; an error answers it in `error_message`.
 async fn stream_answer(
     repository: Arc<crate::repository::Repository>,
@@ -240,7 +234,7 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<pb::ModelInferRequest>) -> Reply<pb::ModelInferResponse> {
-        let span = RequestSpan::start("grpc", || trace_context(request.metadata().as_ref()));
+        let span = RequestSpan::start("grpc", || Incoming::from_headers(request.metadata().as_ref()));
         let deadline = grpc_deadline(request.metadata().as_ref());
         let result = traced_infer(&self.state.repository, span, request.into_inner(), deadline).await;
         reply(result.map(encode_response))
@@ -255,7 +249,7 @@ impl GrpcInferenceService for Inference {
         let deadline = grpc_deadline(request.metadata().as_ref());
         // Every message of the stream is a request with its own span, all
         // children of the call's trace context.
-        let parent = trace::tracer().map(|_| trace_context(request.metadata().as_ref()));
+        let parent = trace::tracer().map(|_| Incoming::from_headers(request.metadata().as_ref()));
         let mut incoming = request.into_inner();
         let repository = self.state.repository.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(STREAM_IN_FLIGHT);

@@ -15,11 +15,11 @@
 //! answer of a few hundred bytes cost more CPU than the rest of the call.
 //! Triton's server, too, answers uncompressed unless told otherwise.
 
-use super::service::{grpc_deadline, trace_context, traced_infer};
+use super::service::{grpc_deadline, traced_infer};
 use crate::api::grpc_status;
 use crate::pb;
 use crate::server::State;
-use crate::telemetry::trace::RequestSpan;
+use crate::telemetry::trace::{Incoming, RequestSpan};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::future::{BoxFuture, Either};
 use http_body_util::BodyExt;
@@ -106,7 +106,7 @@ where
             return Ok(Status::invalid_argument(format!("failed to decode Protobuf message: {e}")).into_http());
         }
     };
-    let span = RequestSpan::start("grpc", || trace_context(&parts.headers));
+    let span = RequestSpan::start("grpc", || Incoming::from_headers(&parts.headers));
     let deadline = grpc_deadline(&parts.headers);
     let answer = match traced_infer(&state.repository, span, message, deadline).await {
         Ok(response) => super::encode_response(response),

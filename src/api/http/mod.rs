@@ -205,7 +205,7 @@ async fn read_body(state: &State, body: Body) -> Result<bytes::Bytes> {
 }
 
 async fn infer(state: AppState, model: String, version: String, headers: HeaderMap, body: Body) -> Result<Response> {
-    let mut span = RequestSpan::start("http", || trace_context(&headers));
+    let mut span = RequestSpan::start("http", || Incoming::from_headers(&headers));
     let result = answer(&state, &model, &version, &headers, body, span.as_mut()).await;
     if let Some(span) = span {
         span.finish(result.as_ref().map(|(response, _)| response));
@@ -253,12 +253,6 @@ async fn answer(
         span.attach(&mut request);
     }
     Ok((state.repository.infer(request).await?, encoding))
-}
-
-/// The W3C trace-context headers of a request.
-fn trace_context(headers: &HeaderMap) -> Incoming {
-    let value = |key: &str| headers.get(key).and_then(|v| v.to_str().ok()).map(str::to_string);
-    Incoming { traceparent: value("traceparent"), tracestate: value("tracestate") }
 }
 
 async fn model_infer(
