@@ -175,6 +175,51 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// TLS certificate chain (PEM) served on every port; with --tls-key
+    /// turns TLS on (1.2 and 1.3 only). Reloaded when it changes.
+    #[arg(long, env = "FERROSERVE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM: PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "FERROSERVE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) that client certificates must chain to (mTLS):
+    /// required on the gRPC and HTTP ports, and on the metrics port unless
+    /// --metrics-tls-client-auth optional.
+    #[arg(long, env = "FERROSERVE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// With --tls-client-ca: whether the metrics port requires a client
+    /// certificate or verifies one only when presented.
+    #[arg(long, env = "FERROSERVE_METRICS_TLS_CLIENT_AUTH", value_enum, default_value = "required")]
+    pub metrics_tls_client_auth: crate::security::tls::ClientAuth,
+
+    /// Serve the metrics port in plaintext even with TLS on (behind a mesh
+    /// that encrypts for it).
+    #[arg(long, env = "FERROSERVE_METRICS_PLAINTEXT")]
+    pub metrics_plaintext: bool,
+
+    /// API key file: one `ID GROUPS SHA256HEX` line per key. Set, every API
+    /// group but health needs `authorization: Bearer <key>` with a key
+    /// that has the group. Reloaded when it changes.
+    #[arg(long, env = "FERROSERVE_AUTH_KEYS")]
+    pub auth_keys: Option<PathBuf>,
+
+    /// Triton's spelling: `<groups>:<header>=<value>` — gRPC calls in those
+    /// API groups must carry the header with that value (repeatable).
+    #[arg(long, env = "FERROSERVE_GRPC_RESTRICTED_PROTOCOL")]
+    pub grpc_restricted_protocol: Vec<String>,
+
+    /// Triton's spelling for the HTTP port, as --grpc-restricted-protocol.
+    #[arg(long, env = "FERROSERVE_HTTP_RESTRICTED_API")]
+    pub http_restricted_api: Vec<String>,
+
+    /// Seconds between re-reads of the certificate, key, client CA and key
+    /// file, beside the reload on a file change and on SIGHUP.
+    #[arg(long, env = "FERROSERVE_SECURITY_RELOAD_SECS", default_value_t = 60, value_parser = positive_u64())]
+    pub security_reload_secs: u64,
+
     /// Share of traces started here that are sampled (0.0–1.0); a sampling
     /// decision in the client's `traceparent` wins.
     #[arg(long, env = "FERROSERVE_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio)]

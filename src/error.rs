@@ -30,6 +30,12 @@ pub enum Error {
     /// Too much work: a full queue. Retrying later may succeed.
     #[error("{0}")]
     Overloaded(String),
+    /// No credential, or one the server does not know (auth layer).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A known credential without the call's API group (auth layer).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The request is valid but asks for something this server does not do.
     #[error("{0}")]
     Unimplemented(String),
@@ -61,6 +67,8 @@ impl Error {
             Error::RequestTimeout(_) => "request_timeout",
             Error::ResourceExhausted(_) => "resource_exhausted",
             Error::Overloaded(_) => "overloaded",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::PermissionDenied(_) => "permission_denied",
             Error::Unimplemented(_) => "unimplemented",
             Error::Internal(_) => "internal",
         }

@@ -4,7 +4,8 @@
 //! A request flows through the folders in order: `api` decodes it,
 //! `repository` finds the model version and validates it, `scheduler` queues
 //! it for an instance thread, `runtime` runs ONNX Runtime, and `telemetry`
-//! records what happened.
+//! records what happened. `security` decides, before any of that, who may
+//! call what and over which TLS.
 
 pub mod admission;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod pb;
 pub mod repository;
 pub mod runtime;
 pub mod scheduler;
+pub mod security;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -6,6 +6,7 @@ use crate::config::{Config, ControlMode};
 use crate::infer::RequestLimits;
 use crate::repository::{LoadContext, Repository};
 use crate::runtime::{Runtime, locate_library};
+use crate::security::{self, Security};
 use crate::shutdown;
 use crate::telemetry::slo::SloConfig;
 use crate::watch::Watcher;
@@ -20,6 +21,8 @@ use tokio::net::TcpListener;
 pub struct State {
     pub repository: Arc<Repository>,
     pub config: Config,
+    /// TLS material and the auth policy, replaced in place by reloads.
+    pub security: Arc<Security>,
 }
 
 /// ONNX Runtime, the metrics recorder and the repository, built from
@@ -33,6 +36,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
         anyhow::bail!("--latency-buckets must be ascending seconds, got {:?}", config.latency_buckets);
     }
     let metrics = crate::telemetry::install(&config.latency_buckets)?;
+    let security = Arc::new(Security::from_config(config)?);
     if !config.model_repository.is_dir() {
         anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
     }
@@ -59,7 +63,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
         },
         config.strict_readiness,
     ));
-    Ok((Arc::new(State { repository, config: config.clone() }), metrics))
+    Ok((Arc::new(State { repository, config: config.clone(), security }), metrics))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -85,7 +89,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(api::http::serve(http, state.clone(), phases.clone()));
     let limits = api::listen::Limits::from(&config);
     let watch_until = phases.accept_until.clone();
-    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, phases));
+    let metrics_tls = state.security.tls(security::groups::Port::Metrics);
+    let metrics_auth = state.security.auth.clone();
+    let reload_until = phases.accept_until.clone();
+    let metrics_task =
+        tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, metrics_tls, metrics_auth, phases));
+    let reload_every = Duration::from_secs(config.security_reload_secs);
+    let reload_task = tokio::spawn(security::reload::run(state.security.clone(), reload_every, reload_until));
 
     // Poll mode: the watch starts (events, baseline fingerprints) before the
     // initial load, so a change made while models load is applied after it;
@@ -145,6 +155,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
     slo_task.abort();
+    reload_task.abort();
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,9 +1,12 @@
 //! The one accept loop behind every front (gRPC, HTTP, metrics): per socket
-//! TCP_NODELAY and hyper-util with the connection limits from the flags; on
-//! shutdown the listener closes and every open connection is asked to finish
-//! gracefully (HTTP/2 GOAWAY, HTTP/1 close after the current request).
+//! TCP_NODELAY, the TLS handshake where the port has TLS, the client's
+//! address (and certificate subject) on every request, and hyper-util with
+//! the connection limits from the flags; on shutdown the listener closes and
+//! every open connection is asked to finish gracefully (HTTP/2 GOAWAY,
+//! HTTP/1 close after the current request).
 
 use crate::config::Config;
+use crate::security::{Peer, TlsPort};
 use crate::shutdown::Phases;
 use hyper::body::{Body, Incoming};
 use hyper::{Request, Response};
@@ -14,11 +17,13 @@ use hyper_util::service::TowerToHyperService;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
+use tokio_rustls::server::TlsStream;
 
 /// Per-stream and per-connection HTTP/2 receive windows: the default 64 KiB
 /// stalls a connection that carries many requests of a few KiB at once.
@@ -94,27 +99,34 @@ fn builder(protocol: Protocol, limits: Limits) -> Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `service` on every connection `listener` accepts until
-/// `phases.accept_until` fires; then closes the listener, keeps serving the
-/// open connections until `phases.serve_until`, asks each to finish
-/// gracefully and returns once all have. server.rs bounds the whole drain.
-pub async fn serve<S, B>(listener: TcpListener, service: S, protocol: Protocol, limits: Limits, phases: Phases)
-where
+/// Serves `service` on every connection `listener` accepts (over TLS when
+/// `tls` is set) until `phases.accept_until` fires; then closes the
+/// listener, keeps serving the open connections until `phases.serve_until`,
+/// asks each to finish gracefully and returns once all have. server.rs
+/// bounds the whole drain.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    protocol: Protocol,
+    limits: Limits,
+    tls: Option<TlsPort>,
+    phases: Phases,
+) where
     S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let builder = builder(protocol, limits);
+    let builder = Arc::new(builder(protocol, limits));
     let graceful = GracefulShutdown::new();
     let stop = phases.accept_until.wait();
     tokio::pin!(stop);
     loop {
-        let stream = tokio::select! {
+        let (stream, address) = tokio::select! {
             _ = &mut stop => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 // The peer gave up between SYN and accept: nothing to do.
                 Err(e) if is_connection_error(&e) => continue,
                 Err(e) => {
@@ -127,11 +139,17 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(FirstBytes::new(stream, limits.read_timeout));
-        let connection = builder.serve_connection(io, TowerToHyperService::new(service.clone())).into_owned();
-        let connection = graceful.watch(connection);
+        // Read per connection: a reloaded certificate serves the next one.
+        let tls = tls.as_ref().map(TlsPort::config);
+        let (builder, service, watcher) = (builder.clone(), service.clone(), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let Some((stream, subject)) = handshake(stream, tls, limits.read_timeout).await else {
+                return;
+            };
+            let io = TokioIo::new(FirstBytes::new(stream, limits.read_timeout));
+            let service = WithPeer { peer: Peer { address, subject }, inner: service };
+            let connection = builder.serve_connection(io, TowerToHyperService::new(service)).into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -144,6 +162,114 @@ where
     graceful.shutdown().await;
 }
 
+/// The TLS handshake, bounded by the read timeout, where the port has TLS;
+/// the client certificate's subject with mTLS. None: the handshake failed.
+async fn handshake(
+    stream: TcpStream,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    timeout: Duration,
+) -> Option<(Stream, Option<Arc<str>>)> {
+    let Some(config) = tls else {
+        return Some((Stream::Plain(stream), None));
+    };
+    match tokio::time::timeout(timeout, tokio_rustls::TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(stream)) => {
+            let subject = stream.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+            let subject = subject.and_then(crate::security::tls::subject).map(Arc::from);
+            Some((Stream::Tls(Box::new(stream)), subject))
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            None
+        }
+    }
+}
+
+/// Puts the connection's `Peer` in every request's extensions.
+#[derive(Clone)]
+struct WithPeer<S> {
+    peer: Peer,
+    inner: S,
+}
+
+impl<S, R> tower::Service<Request<R>> for WithPeer<S>
+where
+    S: tower::Service<Request<R>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<R>) -> Self::Future {
+        request.extensions_mut().insert(self.peer.clone());
+        self.inner.call(request)
+    }
+}
+
+/// A connection's bytes: plain TCP or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, data),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, data),
+            Stream::Tls(s) => Pin::new(s).poll_write_vectored(cx, data),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -151,8 +277,8 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// The bytes a connection must send within the read timeout before it counts
-/// as speaking HTTP: the HTTP/2 preface, and less than any HTTP/1 request
+/// The bytes a connection must send within the read timeout (of being
+/// accepted, or of its TLS handshake) before it counts as speaking HTTP: the HTTP/2 preface, and less than any HTTP/1 request
 /// head to our routes. hyper has no timeout of its own before it knows the
 /// protocol (nor for the HTTP/2 preface), so a silent socket would be held.
 const FIRST_BYTES: usize = 24;

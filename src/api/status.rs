@@ -14,6 +14,8 @@ fn codes(error: &Error) -> (StatusCode, tonic::Code) {
         Error::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, tonic::Code::DeadlineExceeded),
         Error::ResourceExhausted(_) => (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted),
         Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
+        Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
+        Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
         Error::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     }
@@ -52,6 +54,8 @@ mod tests {
             (Error::RequestTimeout("x".into()), 408, tonic::Code::DeadlineExceeded),
             (Error::ResourceExhausted("x".into()), 413, tonic::Code::ResourceExhausted),
             (Error::Overloaded("x".into()), 429, tonic::Code::ResourceExhausted),
+            (Error::Unauthenticated("x".into()), 401, tonic::Code::Unauthenticated),
+            (Error::PermissionDenied("x".into()), 403, tonic::Code::PermissionDenied),
             (Error::internal("x"), 500, tonic::Code::Internal),
         ];
         for (error, http, grpc) in cases {

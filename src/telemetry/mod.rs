@@ -63,6 +63,16 @@ pub const SLO_BUDGET_REMAINING: &str = "ferroserve_slo_error_budget_remaining";
 /// Repository changes applied in poll mode, by model and action ("load" /
 /// "unload").
 pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
+/// Certificate and key reloads, by outcome ("success" / "failure"); a
+/// failure leaves the old pair serving.
+pub const TLS_RELOADS_TOTAL: &str = "ferroserve_tls_reloads_total";
+/// When the served certificate expires, seconds since the epoch.
+pub const TLS_CERT_EXPIRY: &str = "ferroserve_tls_cert_expiry_timestamp_seconds";
+/// API key file reloads, by outcome ("success" / "failure").
+pub const AUTH_KEYS_RELOADS_TOTAL: &str = "ferroserve_auth_keys_reloads_total";
+/// Calls refused by the auth layer, by port and reason
+/// ("unauthenticated", "permission_denied", "no_route").
+pub const AUTH_DENIED_TOTAL: &str = "ferroserve_auth_denied_total";
 
 /// Latency buckets from 50 µs to 10 s, roughly ×2 apart (the default of
 /// `--latency-buckets`).
@@ -116,6 +126,10 @@ fn describe() {
     metrics::describe_gauge!(SLO_BURN_RATE, "Error-budget burn rate per model, SLI and window");
     metrics::describe_gauge!(SLO_BUDGET_REMAINING, "Error budget left over the SLO period per model and SLI");
     metrics::describe_counter!(REPOSITORY_CHANGES_TOTAL, "Repository changes applied in poll mode, by action");
+    metrics::describe_counter!(TLS_RELOADS_TOTAL, "TLS certificate and key reloads, by outcome");
+    metrics::describe_gauge!(TLS_CERT_EXPIRY, "When the served TLS certificate expires, seconds since the epoch");
+    metrics::describe_counter!(AUTH_KEYS_RELOADS_TOTAL, "API key file reloads, by outcome");
+    metrics::describe_counter!(AUTH_DENIED_TOTAL, "Calls refused by the auth layer, by port and reason");
 }
 
 /// Records one answered inference request.

@@ -7,8 +7,12 @@ mod health;
 mod service;
 mod unary;
 
+use crate::api::grpc_status;
 use crate::api::listen::{self, Limits, Protocol};
+use crate::error::Error;
 use crate::pb;
+use crate::security::auth::{Denial, Guard};
+use crate::security::groups::Port;
 use crate::server::State;
 use crate::shutdown::Phases;
 use std::sync::Arc;
@@ -95,5 +99,17 @@ pub fn service(state: Arc<State>) -> Service {
 /// calls finish.
 pub async fn serve(listener: TcpListener, state: Arc<State>, phases: Phases) {
     let limits = Limits::from(&state.config);
-    listen::serve(listener, service(state), Protocol::Http2, limits, phases).await;
+    let tls = state.security.tls(Port::Grpc);
+    let guarded = Guard::new(state.security.auth.clone(), Port::Grpc, refuse, service(state));
+    listen::serve(listener, guarded, Protocol::Http2, limits, tls, phases).await;
+}
+
+/// A call the auth layer refused, as a trailers-only gRPC answer.
+pub fn refuse(denial: Denial) -> tonic::codegen::http::Response<tonic::body::Body> {
+    let error = match denial {
+        Denial::NoRoute(path) => Error::Unimplemented(format!("no such method: {path}")),
+        Denial::Unauthenticated { message, .. } => Error::Unauthenticated(message),
+        Denial::PermissionDenied(message) => Error::PermissionDenied(message),
+    };
+    grpc_status(error).into_http()
 }

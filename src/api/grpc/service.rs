@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, PRIORITY_PARAMETER, TIMEOUT_PARAMETER};
 use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
+use crate::security::audit;
 use crate::server::State;
 use crate::telemetry::trace::{self, Incoming, RequestSpan};
 use crate::tensor::{DataType, Tensor};
@@ -315,19 +316,24 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
-        let r = request.into_inner();
-        check_repository_name(&r.repository_name).map_err(grpc_status)?;
-        self.explicit_mode().map_err(grpc_status)?;
-        let mut config = None;
-        for (key, value) in r.parameters {
-            match value.parameter_choice {
-                Some(pb::model_repository_parameter::ParameterChoice::StringParam(json)) if key == "config" => {
-                    config = Some(json);
+        let (_, extensions, r) = request.into_parts();
+        let result = async {
+            check_repository_name(&r.repository_name)?;
+            self.explicit_mode()?;
+            let mut config = None;
+            for (key, value) in r.parameters {
+                match value.parameter_choice {
+                    Some(pb::model_repository_parameter::ParameterChoice::StringParam(json)) if key == "config" => {
+                        config = Some(json);
+                    }
+                    _ => return Err(load_parameter_refused(&key)),
                 }
-                _ => return Err(grpc_status(load_parameter_refused(&key))),
             }
+            self.state.repository.load_with(&r.model_name, config).await
         }
-        self.state.repository.load_with(&r.model_name, config).await.map_err(grpc_status)?;
+        .await;
+        audit::record("load", &r.model_name, &extensions, result.as_ref().map(|_| ()));
+        result.map_err(grpc_status)?;
         Ok(Response::new(pb::RepositoryModelLoadResponse {}))
     }
 
@@ -335,10 +341,15 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
-        let r = request.into_inner();
-        check_repository_name(&r.repository_name).map_err(grpc_status)?;
-        self.explicit_mode().map_err(grpc_status)?;
-        self.state.repository.unload(&r.model_name).await.map_err(grpc_status)?;
+        let (_, extensions, r) = request.into_parts();
+        let result = async {
+            check_repository_name(&r.repository_name)?;
+            self.explicit_mode()?;
+            self.state.repository.unload(&r.model_name).await
+        }
+        .await;
+        audit::record("unload", &r.model_name, &extensions, result.as_ref().map(|_| ()));
+        result.map_err(grpc_status)?;
         Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
     }
 }

@@ -12,6 +12,9 @@ use crate::api::{describe, grpc, http_status};
 use crate::error::{Error, Result};
 use crate::infer::InferResponse;
 use crate::repository::CanaryAction;
+use crate::security::auth::{Auth, Denial, Guard};
+use crate::security::groups::Port;
+use crate::security::{TlsPort, audit};
 use crate::server::State;
 use crate::shutdown::Phases;
 use crate::telemetry::trace::{Incoming, RequestSpan};
@@ -66,12 +69,19 @@ pub fn router(state: AppState) -> Router {
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(read_timeout))
 }
 
-pub async fn serve(listener: TcpListener, state: AppState, phases: Phases) {
-    let limits = Limits::from(&state.config);
-    listen::serve(listener, router(state), Protocol::Http, limits, phases).await;
+/// The HTTP front behind the auth layer: what the HTTP port serves.
+pub fn service(state: AppState) -> Guard<Router, Body> {
+    Guard::new(state.security.auth.clone(), Port::Http, refuse, router(state))
 }
 
-pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limits: Limits, phases: Phases) {
+pub async fn serve(listener: TcpListener, state: AppState, phases: Phases) {
+    let limits = Limits::from(&state.config);
+    let tls = state.security.tls(Port::Http);
+    listen::serve(listener, service(state), Protocol::Http, limits, tls, phases).await;
+}
+
+/// What the metrics port serves, behind the auth layer.
+pub fn metrics_service(handle: PrometheusHandle, auth: Arc<Auth>) -> Guard<Router, Body> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
@@ -79,7 +89,34 @@ pub async fn serve_metrics(listener: TcpListener, handle: PrometheusHandle, limi
             async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
         }),
     );
-    listen::serve(listener, app, Protocol::Http, limits, phases).await;
+    Guard::new(auth, Port::Metrics, refuse, app)
+}
+
+pub async fn serve_metrics(
+    listener: TcpListener,
+    handle: PrometheusHandle,
+    limits: Limits,
+    tls: Option<TlsPort>,
+    auth: Arc<Auth>,
+    phases: Phases,
+) {
+    listen::serve(listener, metrics_service(handle, auth), Protocol::Http, limits, tls, phases).await;
+}
+
+/// A request the auth layer refused: 404 for a path nothing serves, 401
+/// (with `WWW-Authenticate: Bearer` when a key is what is missing) or 403.
+pub fn refuse(denial: Denial) -> Response {
+    match denial {
+        Denial::NoRoute(_) => error_response(Error::not_found("no such route")),
+        Denial::Unauthenticated { message, bearer } => {
+            let mut response = error_response(Error::Unauthenticated(message));
+            if bearer {
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            response
+        }
+        Denial::PermissionDenied(message) => error_response(Error::PermissionDenied(message)),
+    }
 }
 
 /// While the server drains, an HTTP/1.1 answer carries `Connection: close`:
@@ -295,7 +332,12 @@ async fn repository_index(Shared(state): Shared<AppState>, body: Body) -> Respon
     json_reply(result)
 }
 
-async fn load(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+async fn load(
+    Shared(state): Shared<AppState>,
+    Path(model): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Body,
+) -> Response {
     let result = async {
         let request = optional_json(&state, body).await?;
         grpc::explicit_mode(state.config.model_control_mode)?;
@@ -309,19 +351,26 @@ async fn load(Shared(state): Shared<AppState>, Path(model): Path<String>, body: 
         state.repository.load_with(&model, config).await
     }
     .await;
+    audit::record("load", &model, &extensions, result.as_ref().map(|_| ()));
     match result {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => error_response(e),
     }
 }
 
-async fn unload(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+async fn unload(
+    Shared(state): Shared<AppState>,
+    Path(model): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Body,
+) -> Response {
     let result = async {
         optional_json(&state, body).await?;
         grpc::explicit_mode(state.config.model_control_mode)?;
         state.repository.unload(&model).await
     }
     .await;
+    audit::record("unload", &model, &extensions, result.as_ref().map(|_| ()));
     match result {
         Ok(()) => StatusCode::OK.into_response(),
         Err(e) => error_response(e),
@@ -349,7 +398,13 @@ fn canary_json(state: &State, model: &str) -> Result<Value> {
 /// `POST /v2/repository/models/{m}/canary` with `{"weight": 0-100}`,
 /// `{"action": "rollback"}` (weight 0) or `{"action": "promote"}`; answers
 /// the canary as it now runs.
-async fn steer_canary(Shared(state): Shared<AppState>, Path(model): Path<String>, body: Body) -> Response {
+async fn steer_canary(
+    Shared(state): Shared<AppState>,
+    Path(model): Path<String>,
+    extensions: axum::http::Extensions,
+    body: Body,
+) -> Response {
+    let mut action_name = "canary";
     let result = async {
         let request = optional_json(&state, body).await?;
         let action = match (request.get("action").and_then(Value::as_str), request.get("weight")) {
@@ -367,9 +422,22 @@ async fn steer_canary(Shared(state): Shared<AppState>, Path(model): Path<String>
                 ));
             }
         };
-        state.repository.steer_canary(&model, action)?;
+        action_name = match action {
+            CanaryAction::Promote => "canary promote",
+            CanaryAction::Weight(0) => "canary rollback",
+            CanaryAction::Weight(_) => "canary weight",
+        };
+        let steered = state.repository.steer_canary(&model, action);
+        audit::record(action_name, &model, &extensions, steered.as_ref().map(|_| ()));
+        steered?;
         canary_json(&state, &model)
     }
     .await;
+    if let Err(e) = &result
+        && action_name == "canary"
+    {
+        // Refused before it named an action (a bad body).
+        audit::record(action_name, &model, &extensions, Err(e));
+    }
     json_reply(result)
 }
