@@ -4,6 +4,7 @@
 use clap::Parser;
 use ferroserve::config::Config;
 use ferroserve::telemetry::trace;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -35,7 +36,9 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,ort=warn,notify=warn".into()),
         )
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        // Colour only for a person at a terminal: a log collector reading a
+        // pipe gets plain `key="value"` lines.
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()))
         .with(otel)
         .init();
     let result = runtime.block_on(ferroserve::server::run(config));

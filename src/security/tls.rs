@@ -199,37 +199,11 @@ pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use rcgen::{CertificateParams, DnType, Issuer, KeyPair};
-
-    /// A CA, and a server certificate for 127.0.0.1/localhost it issued.
-    pub struct Pki {
-        pub ca_pem: String,
-        issuer: Issuer<'static, KeyPair>,
+    /// One certificate maker for these tests and the integration tests.
+    mod pki {
+        include!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/common/pki.rs"));
     }
-
-    impl Pki {
-        pub fn new() -> Pki {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-            params.distinguished_name.push(DnType::CommonName, "ferroserve test CA");
-            let ca = params.self_signed(&key).unwrap();
-            Pki { ca_pem: ca.pem(), issuer: Issuer::new(params, key) }
-        }
-
-        /// A leaf (certificate PEM, key PEM) valid from `from` to `until`
-        /// days from now.
-        pub fn leaf(&self, name: &str, from: i64, until: i64) -> (String, String) {
-            let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-            params.distinguished_name.push(DnType::CommonName, name);
-            let now = time::OffsetDateTime::now_utc();
-            params.not_before = now + time::Duration::days(from);
-            params.not_after = now + time::Duration::days(until);
-            let cert = params.signed_by(&key, &self.issuer).unwrap();
-            (cert.pem(), key.serialize_pem())
-        }
-    }
+    pub use pki::Pki;
 
     fn files(dir: &Path, cert: &str, key: &str, ca: Option<&str>) -> Files {
         std::fs::write(dir.join("tls.crt"), cert).unwrap();

@@ -3,10 +3,13 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use ferroserve::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub type GrpcClient = GrpcInferenceServiceClient<tonic::transport::Channel>;
@@ -78,6 +81,17 @@ impl Server {
     }
 
     fn spawn_with_env(repository: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Self::spawn_inner(repository, extra, env, None)
+    }
+
+    /// Starts ferroserve with its log lines (stderr) collected; `env` sets
+    /// RUST_LOG among others. Returns once the ports are known.
+    pub fn spawn_logged(repository: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Server, Logs) {
+        let logs = Logs::default();
+        (Self::spawn_inner(repository, extra, env, Some(logs.clone())), logs)
+    }
+
+    fn spawn_inner(repository: &Path, extra: &[&str], env: &[(&str, &str)], logs: Option<Logs>) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferroserve"))
             .arg("--model-repository")
             .arg(repository)
@@ -91,9 +105,18 @@ impl Server {
             .env_remove("FERROSERVE_OTLP_ENDPOINT")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if logs.is_some() { Stdio::piped() } else { Stdio::inherit() })
             .spawn()
             .expect("starting the ferroserve binary");
+        if let Some(logs) = logs {
+            let stderr = child.stderr.take().expect("piped stderr");
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    logs.0.lock().unwrap().push(line);
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("piped stdout");
         let mut line = String::new();
         BufReader::new(stdout).read_line(&mut line).expect("reading the listening line");
@@ -139,6 +162,35 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Sends `signal` (e.g. 1 for SIGHUP) without waiting.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc_kill(self.child.id() as i32, signal) };
+    }
+}
+
+/// The log lines a server wrote so far.
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<String>>>);
+
+impl Logs {
+    pub fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The first line containing every one of `needles`, waiting up to
+    /// `timeout` for it to be written.
+    pub fn wait_for(&self, needles: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let found = self.lines().into_iter().find(|line| needles.iter().all(|n| line.contains(n)));
+            if found.is_some() || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
