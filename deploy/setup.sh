@@ -4,7 +4,7 @@
 #
 #   deploy/setup.sh ort     ONNX Runtime shared library (enough to serve)
 #   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient,
-#                             kubernetes-validate, jsonschema)
+#                             kubernetes-validate, jsonschema, cryptography)
 #                           + perf_analyzer extracted from the tritonclient wheel
 #                           + promtool (Debian's prometheus package)
 set -euo pipefail
@@ -15,6 +15,8 @@ CUDART_VERSION=12.9.79
 # Manifest validation (tests/python/test_manifests.py): Kubernetes OpenAPI
 # schemas bundled offline up to Kubernetes 1.37, and jsonschema for KServe's.
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# Test certificates for tests/python/test_tls.py, made per run.
+CRYPTOGRAPHY_VERSION=50.0.2
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 deps="$root/.deps"
@@ -49,14 +51,15 @@ fetch_ort() {
 
 fetch_venv() {
   local venv="$deps/venv"
-  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION"
+  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION-c$CRYPTOGRAPHY_VERSION"
   [ -f "$stamp" ] && return 0
   echo "setup: creating Python venv with tritonclient $TRITONCLIENT_VERSION" >&2
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
     "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4" \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3"
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3" \
+    "cryptography==$CRYPTOGRAPHY_VERSION"
   touch "$stamp"
 }
 
@@ -100,8 +103,18 @@ fetch_promtool() {
     (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends prometheus >/dev/null)
 }
 
+# curl, a client of tests/python/test_tls.py (Debian's).
+fetch_curl() {
+  command -v curl >/dev/null 2>&1 && return 0
+  command -v apt-get >/dev/null 2>&1 || return 0
+  echo "setup: installing curl (Debian)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  (apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null 2>&1) || \
+    (apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends curl ca-certificates >/dev/null)
+}
+
 case "$what" in
   ort) fetch_ort ;;
-  test) fetch_ort; fetch_venv; fetch_perf_analyzer; fetch_promtool ;;
+  test) fetch_ort; fetch_venv; fetch_perf_analyzer; fetch_promtool; fetch_curl ;;
   *) echo "usage: deploy/setup.sh [ort|test]" >&2; exit 2 ;;
 esac

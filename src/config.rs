@@ -206,6 +206,13 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_AUTH_KEYS")]
     pub auth_keys: Option<PathBuf>,
 
+    /// With --auth-keys: API groups callers may use without a key, beside
+    /// health (comma-separated), e.g. `metadata,model-config,statistics`
+    /// for perf_analyzer, which sends its -H headers on inference calls
+    /// only.
+    #[arg(long, env = "FERROSERVE_AUTH_OPEN_GROUPS")]
+    pub auth_open_groups: Option<String>,
+
     /// Triton's spelling: `<groups>:<header>=<value>` — gRPC calls in those
     /// API groups must carry the header with that value (repeatable).
     #[arg(long, env = "FERROSERVE_GRPC_RESTRICTED_PROTOCOL")]

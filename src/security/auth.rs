@@ -7,10 +7,13 @@
 use super::groups::{Group, Groups, Port, Table};
 use super::keys::Keys;
 use arc_swap::ArcSwap;
-use futures::future::{Either, Ready, ready};
+use bytes::Buf;
+use futures::future::{BoxFuture, Either};
 use http::{HeaderMap, HeaderName, Request, Response};
+use http_body_util::BodyExt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 /// Triton's `--grpc-restricted-protocol` / `--http-restricted-api`:
@@ -88,18 +91,21 @@ pub struct Auth {
     table: Table,
     /// None when --auth-keys is not set: keys are not asked for.
     keys: Option<ArcSwap<Keys>>,
+    /// Groups called without a key (--auth-open-groups); health always.
+    open: Groups,
     grpc: Vec<Restriction>,
     http: Vec<Restriction>,
 }
 
 impl Auth {
-    pub fn new(keys: Option<Keys>, grpc: Vec<Restriction>, http: Vec<Restriction>) -> Auth {
-        Auth { table: Table::new(), keys: keys.map(ArcSwap::from_pointee), grpc, http }
+    pub fn new(keys: Option<Keys>, mut open: Groups, grpc: Vec<Restriction>, http: Vec<Restriction>) -> Auth {
+        open.insert(Group::Health);
+        Auth { table: Table::new(), keys: keys.map(ArcSwap::from_pointee), open, grpc, http }
     }
 
     /// No keys and no restrictions: every call that has a route passes.
     pub fn open() -> Auth {
-        Auth::new(None, Vec::new(), Vec::new())
+        Auth::new(None, Groups::default(), Vec::new(), Vec::new())
     }
 
     /// Publishes a reloaded key file; calls already checked keep their answer.
@@ -128,8 +134,9 @@ impl Auth {
                 });
             }
         }
-        // Probes must work without a key.
-        let Some(keys) = self.keys.as_ref().filter(|_| group != Group::Health) else {
+        // Probes must work without a key, and the groups opened to callers
+        // that cannot send one.
+        let Some(keys) = self.keys.as_ref().filter(|_| !self.open.contains(group)) else {
             return Ok(Principal::default());
         };
         let Some(token) = bearer(headers) else {
@@ -177,13 +184,37 @@ impl<S, B> Guard<S, B> {
     }
 }
 
+/// A refused request's body is read, this much of it for this long at
+/// most, before the refusal goes out: a client still sending (curl over
+/// HTTP/2 and TLS) takes the stream reset that follows an answer to an
+/// unread body for a failed request, and never shows the 401.
+const DRAIN_BYTES: usize = 64 << 10;
+const DRAIN_TIME: Duration = Duration::from_millis(500);
+
+async fn drain<R: http_body::Body>(body: R) {
+    let mut body = std::pin::pin!(body);
+    let mut read = 0;
+    let reading = async {
+        while read < DRAIN_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => read += frame.data_ref().map_or(0, |data| data.remaining()),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, reading).await;
+}
+
 impl<S, R, B> tower::Service<Request<R>> for Guard<S, B>
 where
     S: tower::Service<Request<R>, Response = Response<B>>,
+    S::Error: Send + 'static,
+    R: http_body::Body + Send + 'static,
+    B: Send + 'static,
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = Either<Ready<Result<Response<B>, S::Error>>, S::Future>;
+    type Future = Either<BoxFuture<'static, Result<Response<B>, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -201,7 +232,14 @@ where
                 let port = self.port.name();
                 metrics::counter!(crate::telemetry::AUTH_DENIED_TOTAL, "port" => port, "reason" => denial.reason())
                     .increment(1);
-                Either::Left(ready(Ok((self.refuse)(denial))))
+                let refusal = (self.refuse)(denial);
+                let body = request.into_body();
+                Either::Left(Box::pin(async move {
+                    if !body.is_end_stream() {
+                        drain(body).await;
+                    }
+                    Ok(refusal)
+                }))
             }
         }
     }
@@ -223,7 +261,7 @@ mod tests {
 
     #[test]
     fn keys_decide_by_group() {
-        let auth = Auth::new(Some(keys()), vec![], vec![]);
+        let auth = Auth::new(Some(keys()), Groups::default(), vec![], vec![]);
         let infer = "/v2/models/mlp/infer";
         let load = "/v2/repository/models/mlp/load";
         let app = headers(&[("authorization", "Bearer app-key")]);
@@ -252,7 +290,7 @@ mod tests {
 
     #[test]
     fn health_stays_open_and_unknown_paths_are_refused() {
-        let auth = Auth::new(Some(keys()), vec![], vec![]);
+        let auth = Auth::new(Some(keys()), Groups::default(), vec![], vec![]);
         assert_eq!(auth.check(Port::Http, "/v2/health/ready", &headers(&[])), Ok(Principal::default()));
         assert!(auth.check(Port::Grpc, "/grpc.health.v1.Health/Check", &headers(&[])).is_ok());
         let ops = headers(&[("authorization", "Bearer ops-key")]);
@@ -265,9 +303,19 @@ mod tests {
     }
 
     #[test]
+    fn open_groups_need_no_key_and_the_rest_still_do() {
+        let auth = Auth::new(Some(keys()), Groups::parse("metadata,model-config").unwrap(), vec![], vec![]);
+        assert_eq!(auth.check(Port::Http, "/v2/models/mlp", &headers(&[])), Ok(Principal::default()));
+        assert!(auth.check(Port::Grpc, "/inference.GRPCInferenceService/ModelConfig", &headers(&[])).is_ok());
+        assert!(auth.check(Port::Http, "/v2/health/live", &headers(&[])).is_ok(), "health stays open");
+        let refused = auth.check(Port::Http, "/v2/models/mlp/infer", &headers(&[]));
+        assert!(matches!(refused, Err(Denial::Unauthenticated { bearer: true, .. })), "{refused:?}");
+    }
+
+    #[test]
     fn triton_restrictions_need_their_header() {
         let grpc = Restriction::parse_all(&["model-repository,health:admin-key=abc".into()]).unwrap();
-        let auth = Auth::new(None, grpc, vec![]);
+        let auth = Auth::new(None, Groups::default(), grpc, vec![]);
         let load = "/inference.GRPCInferenceService/RepositoryModelLoad";
         assert!(auth.check(Port::Grpc, load, &headers(&[("admin-key", "abc")])).is_ok());
         for wrong in [headers(&[]), headers(&[("admin-key", "abd")]), headers(&[("admin-key", "ab")])] {

@@ -119,6 +119,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_key_file() {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let (_, after) = readme.split_once("**API keys**").expect("README's API keys paragraph");
+        let block = after.split("```").nth(1).expect("the example key file");
+        let keys = Keys::parse(block).unwrap();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(&*keys.find(b"app-key").unwrap().id, "app");
+        assert!(keys.find(b"ops-key").unwrap().groups.contains(Group::Canary));
+        assert!(keys.find(b"deployer-key").unwrap().groups.contains(Group::ModelRepository));
+        assert!(keys.find(b"prom-key").unwrap().groups.contains(Group::Metrics));
+    }
+
+    #[test]
     fn the_digest_matches_sha256sum() {
         // printf abc | sha256sum
         assert_eq!(hex(&sha256(b"abc")), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

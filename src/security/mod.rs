@@ -15,7 +15,7 @@ pub mod tls;
 use crate::config::Config;
 use crate::telemetry;
 use auth::{Auth, Restriction};
-use groups::Port;
+use groups::{Groups, Port};
 use keys::Keys;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
@@ -99,11 +99,21 @@ impl Security {
             .map_err(|e| anyhow::anyhow!("--grpc-restricted-protocol {e}"))?;
         let http = Restriction::parse_all(&config.http_restricted_api)
             .map_err(|e| anyhow::anyhow!("--http-restricted-api {e}"))?;
+        let open = match &config.auth_open_groups {
+            Some(list) if list.trim() == "*" => {
+                anyhow::bail!("--auth-open-groups *: that opens every group; leave --auth-keys unset instead")
+            }
+            Some(list) => Groups::parse(list).map_err(|e| anyhow::anyhow!("--auth-open-groups: {e}"))?,
+            None => Groups::default(),
+        };
+        if config.auth_open_groups.is_some() && keys.is_none() {
+            anyhow::bail!("--auth-open-groups needs --auth-keys: without keys every group is open");
+        }
         if let Some(keys) = &keys {
-            tracing::info!(keys = keys.len(), "API keys required for every API group but health");
+            tracing::info!(keys = keys.len(), open = ?config.auth_open_groups, "API keys required for every API group but health and the open ones");
         }
         Ok(Security {
-            auth: Arc::new(Auth::new(keys, grpc, http)),
+            auth: Arc::new(Auth::new(keys, open, grpc, http)),
             tls,
             metrics_plaintext: config.metrics_plaintext,
             keys_file: keys_file.map(|(path, bytes)| KeysFile { path, loaded: Mutex::new(bytes) }),

@@ -9,6 +9,7 @@ import contextlib
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import threading
 import time
@@ -71,9 +72,11 @@ def _stop(proc: subprocess.Popen):
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, *flags: str):
+def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None):
     """ferroserve on `repo` (plus `flags`) on free 127.0.0.1 ports, ready;
-    stopped when the block ends."""
+    stopped when the block ends. With `tls` (a client context trusting the
+    server's CA, with a client certificate where mTLS is on), readiness is
+    asked over HTTPS."""
     binary = _server_binary()
     if not binary.exists():
         pytest.fail(
@@ -137,8 +140,9 @@ def running_server(repo: Path, *flags: str):
                     f"log tail:\n{log_path.read_text()[-4000:]}"
                 )
             try:
+                scheme = "https" if tls else "http"
                 with urllib.request.urlopen(
-                    f"http://{srv.http_url}/v2/health/ready", timeout=2
+                    f"{scheme}://{srv.http_url}/v2/health/ready", timeout=2, context=tls
                 ) as resp:
                     if resp.status == 200:
                         break

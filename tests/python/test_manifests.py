@@ -237,6 +237,40 @@ def deployment_problems(deployment, pvc_name):
         problems.append(f"prometheus.io/port {annotations.get('prometheus.io/port')} is not the metrics port")
     if not selects(deployment["spec"]["selector"], template["metadata"]["labels"]):
         problems.append("the Deployment's selector does not match its pod labels")
+    problems += security_problems(container, pod, values, annotations)
+    return problems
+
+
+# Flags naming a file of secret material, and the Secret key it must be.
+SECRET_FILES = ("--tls-cert", "--tls-key", "--tls-client-ca", "--auth-keys")
+
+
+def security_problems(container, pod, values, annotations):
+    """TLS and keys come from Secret volumes mounted whole (a subPath mount
+    never sees the kubelet's updates, so rotation would need a restart), the
+    probes speak HTTPS to a TLS port and Prometheus is told to."""
+    problems = []
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for name in SECRET_FILES:
+        if name not in values:
+            continue
+        path = values[name]
+        mount = next((m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"].rstrip("/") + "/")), None)
+        if mount is None:
+            problems.append(f"{name} {path} is on no volume mount")
+            continue
+        if "secret" not in volumes.get(mount["name"], {}):
+            problems.append(f"{name} {path} is not on a Secret volume")
+        if not mount.get("readOnly"):
+            problems.append(f"{name}: the Secret volume {mount['name']} must be mounted read-only")
+        if "subPath" in mount:
+            problems.append(f"{name}: a subPath mount of {mount['name']} never sees the Secret's updates")
+    if "--tls-cert" in values:
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            if kind in container and container[kind].get("httpGet", {}).get("scheme") != "HTTPS":
+                problems.append(f"{kind} must use scheme HTTPS: every port serves TLS")
+        if "--metrics-plaintext" not in values and annotations.get("prometheus.io/scheme") != "https":
+            problems.append("prometheus.io/scheme must be https: the metrics port serves TLS")
     return problems
 
 
@@ -465,7 +499,8 @@ def test_deployment_is_consistent(k8s):
     "breakage",
     [
         "grace", "prestop", "probe_port", "probe_path", "unknown_flag", "switch_value",
-        "missing_value", "port_flag", "mount", "uid", "scrape_port",
+        "missing_value", "port_flag", "mount", "uid", "scrape_port", "probe_scheme", "scrape_scheme",
+        "secret_subpath", "secret_volume",
     ],
 )  # fmt: skip
 def test_deployment_check_catches(k8s, breakage):
@@ -495,6 +530,17 @@ def test_deployment_check_catches(k8s, breakage):
         pod["securityContext"]["runAsUser"] = 1000
     elif breakage == "scrape_port":
         deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] = "8000"
+    elif breakage == "probe_scheme":
+        del container["readinessProbe"]["httpGet"]["scheme"]
+    elif breakage == "scrape_scheme":
+        del deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/scheme"]
+    elif breakage == "secret_subpath":
+        tls = next(m for m in container["volumeMounts"] if m["name"] == "tls")
+        tls["mountPath"], tls["subPath"] = "/etc/ferroserve/tls/tls.crt", "tls.crt"
+    elif breakage == "secret_volume":
+        volume = next(v for v in pod["volumes"] if v["name"] == "auth-keys")
+        volume["emptyDir"] = {}
+        del volume["secret"]
     pvc = k8s["PersistentVolumeClaim"]["metadata"]["name"]
     assert deployment_problems(deployment, pvc) != []
 
