@@ -101,6 +101,12 @@ pub struct Config {
     #[arg(long, env = "FERROSERVE_MAX_MESSAGE_BYTES", default_value_t = 64 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// A compressed HTTP body or gRPC message may inflate to at most this
+    /// many times its compressed size (above 4 MiB inflated), beside
+    /// --max-message-bytes: a small bomb is refused before it costs much.
+    #[arg(long, env = "FERROSERVE_MAX_DECOMPRESSION_RATIO", default_value_t = 100, value_parser = positive_u64())]
+    pub max_decompression_ratio: u64,
+
     /// Most inputs (and most requested outputs) in one inference request.
     #[arg(long, env = "FERROSERVE_MAX_INPUTS", default_value_t = 1024)]
     pub max_inputs: usize,
@@ -242,6 +248,16 @@ fn ratio(value: &str) -> Result<f64, String> {
 
 fn positive_u32() -> clap::builder::RangedI64ValueParser<u32> {
     clap::value_parser!(u32).range(1..)
+}
+
+impl Config {
+    /// How far a compressed request may inflate (api/inflate.rs).
+    pub fn inflate_bounds(&self) -> crate::api::inflate::Bounds {
+        crate::api::inflate::Bounds {
+            max_bytes: self.max_message_bytes,
+            max_ratio: usize::try_from(self.max_decompression_ratio).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 fn positive_u64() -> clap::builder::RangedU64ValueParser<u64> {

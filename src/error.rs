@@ -36,6 +36,10 @@ pub enum Error {
     /// A known credential without the call's API group (auth layer).
     #[error("{0}")]
     PermissionDenied(String),
+    /// The request's body or message is in an encoding (compression) the
+    /// server does not read.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
     /// The request is valid but asks for something this server does not do.
     #[error("{0}")]
     Unimplemented(String),
@@ -69,6 +73,7 @@ impl Error {
             Error::Overloaded(_) => "overloaded",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::Unimplemented(_) => "unimplemented",
             Error::Internal(_) => "internal",
         }

@@ -4,6 +4,7 @@
 pub mod describe;
 pub mod grpc;
 pub mod http;
+pub mod inflate;
 pub mod listen;
 mod status;
 

@@ -16,6 +16,7 @@ fn codes(error: &Error) -> (StatusCode, tonic::Code) {
         Error::Overloaded(_) => (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted),
         Error::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, tonic::Code::Unauthenticated),
         Error::PermissionDenied(_) => (StatusCode::FORBIDDEN, tonic::Code::PermissionDenied),
+        Error::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, tonic::Code::Unimplemented),
         Error::Unimplemented(_) => (StatusCode::NOT_IMPLEMENTED, tonic::Code::Unimplemented),
         Error::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, tonic::Code::Internal),
     }

@@ -48,7 +48,9 @@ pub fn parse(text: &str) -> Result<pb::ModelConfig, String> {
         .expect("model_config.proto defines ModelConfig; this is a bug");
     let text = colon_before_lists(text);
     let message = DynamicMessage::parse_text_format(descriptor, &text).map_err(|e| format!("config.pbtxt: {e}"))?;
-    message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("config.pbtxt: {e}"))
+    let config = message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("config.pbtxt: {e}"))?;
+    check_file_names(&config).map_err(|e| format!("config.pbtxt: {e}"))?;
+    Ok(config)
 }
 
 /// Parses a config given as JSON (the `config` parameter of a load request,
@@ -61,7 +63,35 @@ pub fn parse_json(text: &str) -> Result<pb::ModelConfig, String> {
     let message = DynamicMessage::deserialize(descriptor, &mut deserializer)
         .map_err(|e| format!("the load request's config: {e}"))?;
     deserializer.end().map_err(|e| format!("the load request's config: {e}"))?;
-    message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("the load request's config: {e}"))
+    let config = message.transcode_to::<pb::ModelConfig>().map_err(|e| format!("the load request's config: {e}"))?;
+    check_file_names(&config).map_err(|e| format!("the load request's config: {e}"))?;
+    Ok(config)
+}
+
+/// The file names a config gives are plain names inside the model's
+/// folders (`default_model_filename` in the version folder, a warm-up
+/// `input_data_file` in `warmup/`): no separator, no `..`, no absolute path
+/// — a config sent with a load request must not reach a file outside the
+/// model.
+fn check_file_names(config: &pb::ModelConfig) -> Result<(), String> {
+    use pb::model_warmup::input::InputDataType;
+    let mut names = vec![("default_model_filename", config.default_model_filename.as_str())];
+    for warmup in &config.model_warmup {
+        for input in warmup.inputs.values() {
+            if let Some(InputDataType::InputDataFile(file)) = &input.input_data_type {
+                names.push(("model_warmup input_data_file", file.as_str()));
+            }
+        }
+    }
+    for (field, name) in names {
+        let plain = !name.contains(['/', '\\', '\0']) && name != "." && name != "..";
+        if !plain {
+            return Err(format!(
+                "{field} {name:?} must be a plain file name inside the model's folder: no '/', '\\' or '..'"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Protobuf's own text parser accepts `input [ { ... } ]` (no colon before a
@@ -450,6 +480,20 @@ pub fn instance_count(config: &pb::ModelConfig) -> usize {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn file_names_stay_inside_the_model() {
+        for name in ["../../etc/passwd", "/etc/passwd", "a/model.onnx", "..", "x\\y"] {
+            let text = format!("default_model_filename: {name:?}");
+            let error = parse(&text).unwrap_err();
+            assert!(error.contains("plain file name"), "{name}: {error}");
+            let json = format!("{{\"default_model_filename\": {name:?}}}");
+            assert!(parse_json(&json).unwrap_err().contains("plain file name"), "{name}");
+        }
+        let warmup = r#"model_warmup [{ name: "w" batch_size: 1 inputs { key: "x" value: { data_type: TYPE_FP32 dims: [1] input_data_file: "../../../secret" } } }]"#;
+        assert!(parse(warmup).unwrap_err().contains("input_data_file"));
+        assert_eq!(parse("default_model_filename: \"model.v2.onnx\"").unwrap().default_model_filename, "model.v2.onnx");
+    }
+
     use super::*;
 
     #[test]

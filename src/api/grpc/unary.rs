@@ -1,7 +1,8 @@
 //! The front of the gRPC port: ModelInfer, the call that carries the
 //! traffic, answered without tonic's per-call layers (routing, the codec's
-//! streaming decoder and encoder, boxed futures per layer); every other call,
-//! and a ModelInfer with a compressed body, goes to tonic's routes.
+//! streaming decoder and encoder, boxed futures per layer); every other call
+//! goes to tonic's routes, as does a ModelInfer in an encoding other than
+//! gzip or deflate (tonic answers it UNIMPLEMENTED, listing what it takes).
 //!
 //! The unary exchange is small enough to state whole: the request body is
 //! one length-prefixed message (read to its end, as tonic does, so the
@@ -9,7 +10,10 @@
 //! headers, one length-prefixed message and the `grpc-status: 0` trailers;
 //! an error is a trailers-only answer, built by tonic's own `Status`.
 //!
-//! Responses are compressed only for a client that compressed its request:
+//! A compressed message is inflated within --max-message-bytes and
+//! --max-decompression-ratio (api/inflate.rs), the same bounds as an HTTP
+//! body's. Responses are compressed only for a client that compressed its
+//! request, with its algorithm:
 //! gRPC's C core (perf_analyzer, tritonclient, the KServe SDK) lists every
 //! algorithm in `grpc-accept-encoding` on every call, and deflating each
 //! answer of a few hundred bytes cost more CPU than the rest of the call.
@@ -17,6 +21,7 @@
 
 use super::service::{grpc_deadline, traced_infer};
 use crate::api::grpc_status;
+use crate::api::inflate::{self, Codec};
 use crate::pb;
 use crate::server::State;
 use crate::telemetry::trace::{Incoming, RequestSpan};
@@ -72,8 +77,10 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let compressed = compressed(request.headers());
-        if request.uri().path() == MODEL_INFER && !compressed {
-            return Either::Left(Box::pin(model_infer(self.state.clone(), request)));
+        if request.uri().path() == MODEL_INFER
+            && let Ok(codec) = encoding(request.headers())
+        {
+            return Either::Left(Box::pin(model_infer(self.state.clone(), request, codec)));
         }
         if !compressed {
             // tonic would compress the answer to anyone who accepts it.
@@ -89,15 +96,30 @@ fn compressed(headers: &HeaderMap) -> bool {
     headers.get(ENCODING).is_some_and(|e| e.as_bytes() != b"identity")
 }
 
-async fn model_infer<B>(state: Arc<State>, request: Request<B>) -> Result<Response<tonic::body::Body>, Infallible>
+/// The call's `grpc-encoding`: None for none or identity.
+fn encoding(headers: &HeaderMap) -> crate::error::Result<Option<Codec>> {
+    headers.get(ENCODING).map_or(Ok(None), |name| Codec::from_name(name.as_bytes()))
+}
+
+async fn model_infer<B>(
+    state: Arc<State>,
+    request: Request<B>,
+    codec: Option<Codec>,
+) -> Result<Response<tonic::body::Body>, Infallible>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
     let (parts, body) = request.into_parts();
     let limit = state.config.max_message_bytes;
-    let message = match read_message(body, limit).await {
-        Ok(message) => message,
+    let message = match read_message(body, limit, codec).await {
+        Ok((message, Some(codec))) => {
+            match inflate::inflate(codec, &message, state.config.inflate_bounds(), "request message") {
+                Ok(inflated) => Bytes::from(inflated),
+                Err(e) => return Ok(grpc_status(e).into_http()),
+            }
+        }
+        Ok((message, None)) => message,
         Err(status) => return Ok(status.into_http()),
     };
     let message = match pb::ModelInferRequest::decode(message) {
@@ -112,16 +134,17 @@ where
         Ok(response) => super::encode_response(response),
         Err(e) => return Ok(grpc_status(e).into_http()),
     };
-    Ok(match frame(&answer, limit) {
-        Ok(frame) => answered(frame),
+    Ok(match frame(&answer, limit, codec) {
+        Ok(frame) => answered(frame, codec),
         Err(status) => status.into_http(),
     })
 }
 
-/// Reads the whole request body and returns its one message. The body is
-/// read to its end, so a client's END_STREAM has arrived before the answer
-/// goes out (an answer ahead of it makes the server reset the stream).
-async fn read_message<B>(body: B, limit: usize) -> Result<Bytes, Status>
+/// Reads the whole request body and returns its one message, and the codec
+/// to inflate it with when it is flagged compressed. The body is read to
+/// its end, so a client's END_STREAM has arrived before the answer goes out
+/// (an answer ahead of it makes the server reset the stream).
+async fn read_message<B>(body: B, limit: usize, codec: Option<Codec>) -> Result<(Bytes, Option<Codec>), Status>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -170,33 +193,63 @@ where
             whole.len() - PREFIX
         )));
     }
-    if flag != 0 {
+    if flag != 0 && codec.is_none() {
         return Err(Status::invalid_argument(
             "the request message is flagged compressed but the call names no grpc-encoding",
         ));
     }
     whole.advance(PREFIX);
-    Ok(whole)
+    whole.truncate(length);
+    Ok((whole, codec.filter(|_| flag != 0)))
 }
 
-/// The answer's one message, length-prefixed, in a single buffer.
-fn frame(answer: &pb::ModelInferResponse, limit: usize) -> Result<Bytes, Status> {
+/// The answer's one message, length-prefixed, in a single buffer;
+/// compressed with `codec` when the request was.
+fn frame(answer: &pb::ModelInferResponse, limit: usize, codec: Option<Codec>) -> Result<Bytes, Status> {
     let length = answer.encoded_len();
     if length > limit {
         return Err(Status::resource_exhausted(format!(
             "the response message is too large: {length} bytes, over the limit of {limit} (--max-message-bytes)"
         )));
     }
-    let mut frame = BytesMut::with_capacity(PREFIX + length);
-    frame.put_u8(0);
-    frame.put_u32(length as u32);
-    answer.encode(&mut frame).expect("the buffer was sized for the message");
+    let Some(codec) = codec else {
+        let mut frame = BytesMut::with_capacity(PREFIX + length);
+        frame.put_u8(0);
+        frame.put_u32(length as u32);
+        answer.encode(&mut frame).expect("the buffer was sized for the message");
+        return Ok(frame.freeze());
+    };
+    let compressed = deflate(codec, &answer.encode_to_vec());
+    let mut frame = BytesMut::with_capacity(PREFIX + compressed.len());
+    frame.put_u8(1);
+    frame.put_u32(compressed.len() as u32);
+    frame.extend_from_slice(&compressed);
     Ok(frame.freeze())
 }
 
-fn answered(frame: Bytes) -> Response<tonic::body::Body> {
+fn deflate(codec: Codec, message: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let level = flate2::Compression::fast();
+    let out = Vec::with_capacity(message.len() / 2 + 64);
+    let written = match codec {
+        Codec::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(out, level);
+            encoder.write_all(message).and_then(|()| encoder.finish())
+        }
+        Codec::Deflate => {
+            let mut encoder = flate2::write::ZlibEncoder::new(out, level);
+            encoder.write_all(message).and_then(|()| encoder.finish())
+        }
+    };
+    written.expect("compressing into memory cannot fail")
+}
+
+fn answered(frame: Bytes, codec: Option<Codec>) -> Response<tonic::body::Body> {
     let mut response = Response::new(tonic::body::Body::new(Unary { message: Some(frame), trailers: true }));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    if let Some(codec) = codec {
+        response.headers_mut().insert(ENCODING, HeaderValue::from_static(codec.name()));
+    }
     response
 }
 
@@ -251,7 +304,7 @@ mod tests {
     }
 
     fn read(chunks: Vec<Vec<u8>>, limit: usize) -> Result<Bytes, Status> {
-        futures::executor::block_on(read_message(chunked(chunks), limit))
+        futures::executor::block_on(read_message(chunked(chunks), limit, None)).map(|(message, _)| message)
     }
 
     #[test]
@@ -297,14 +350,14 @@ mod tests {
     #[test]
     fn an_answer_is_its_message_then_status_ok() {
         let answer = pb::ModelInferResponse { model_name: "m".into(), ..Default::default() };
-        let response = answered(frame(&answer, 100).unwrap());
+        let response = answered(frame(&answer, 100, None).unwrap(), None);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
         let collected = futures::executor::block_on(response.into_body().collect()).unwrap();
         assert_eq!(collected.trailers().unwrap()["grpc-status"], "0");
         let bytes = collected.to_bytes();
         assert_eq!(&bytes[..PREFIX], &[0, 0, 0, 0, answer.encoded_len() as u8]);
         assert_eq!(pb::ModelInferResponse::decode(&bytes[PREFIX..]).unwrap(), answer);
-        let status = frame(&answer, 2).unwrap_err();
+        let status = frame(&answer, 2, None).unwrap_err();
         assert_eq!(status.code(), Code::ResourceExhausted);
     }
 

@@ -76,8 +76,8 @@ pub fn decode(
             body.len()
         )));
     }
-    let request: JsonRequest = serde_json::from_slice(&body[..json_len])
-        .map_err(|e| Error::invalid(format!("malformed inference request JSON: {e}")))?;
+    let request: JsonRequest =
+        serde_json::from_slice(&body[..json_len]).map_err(|e| malformed_json("inference request JSON", &e))?;
     let mut binary = body.slice(json_len..);
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
@@ -195,4 +195,17 @@ pub fn encode(response: &InferResponse, encoding: &OutputEncoding) -> Encoded {
         body.extend_from_slice(&tensor.data);
     }
     Encoded { body, header_length: Some(header_length) }
+}
+
+/// A JSON body that does not parse, named; nesting past serde_json's limit
+/// of 128 levels (which bounds the parser's stack) says so.
+pub fn malformed_json(what: &str, error: &serde_json::Error) -> Error {
+    if error.to_string().starts_with("recursion limit exceeded") {
+        return Error::invalid(format!(
+            "malformed {what}: nested more than 128 levels deep (line {}, column {})",
+            error.line(),
+            error.column()
+        ));
+    }
+    Error::invalid(format!("malformed {what}: {error}"))
 }

@@ -30,22 +30,55 @@ pub fn deadline(headers: &HeaderMap, now: Instant) -> Result<Option<Instant>> {
     Ok(now.checked_add(Duration::from_millis(millis)))
 }
 
-/// Reads a whole body within `limit` bytes. The router's body timeout
-/// (--request-read-timeout-secs) cuts a body that stalls.
+/// Most pieces (HTTP/1 chunks, HTTP/2 DATA frames) one body may come in:
+/// a body of a million one-byte chunks costs the server per piece, so it is
+/// refused long before. 64 MiB in 1 KiB pieces still passes.
+pub const MAX_BODY_PIECES: usize = 1 << 16;
+
+/// Reads a whole body within `limit` bytes and `MAX_BODY_PIECES` pieces.
+/// The router's body timeout (--request-read-timeout-secs) cuts a body that
+/// stalls.
 pub async fn read_body(body: Body, limit: usize, read_timeout: Duration) -> Result<bytes::Bytes> {
-    axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let error = e.into_inner();
-        if caused_by::<http_body_util::LengthLimitError>(&*error) {
-            Error::ResourceExhausted(format!("request body over the {limit}-byte limit"))
-        } else if caused_by::<tower_http::timeout::TimeoutError>(&*error) {
-            Error::RequestTimeout(format!(
-                "the request body stalled: no data for {} s (--request-read-timeout-secs)",
-                read_timeout.as_secs()
-            ))
-        } else {
-            Error::invalid(format!("cannot read the request body: {error}"))
+    use http_body_util::BodyExt;
+    let mut body = body;
+    // Most bodies arrive in one piece: kept as it came, no copy.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut joined = bytes::BytesMut::new();
+    let (mut pieces, mut length) = (0usize, 0usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| body_error(e.into_inner(), read_timeout))?;
+        let Ok(data) = frame.into_data() else { continue }; // trailers
+        pieces += 1;
+        length += data.len();
+        if pieces > MAX_BODY_PIECES {
+            return Err(Error::ResourceExhausted(format!(
+                "the request body came in more than {MAX_BODY_PIECES} pieces (HTTP chunks or HTTP/2 DATA frames)"
+            )));
         }
-    })
+        if length > limit {
+            return Err(Error::ResourceExhausted(format!("request body over the {limit}-byte limit")));
+        }
+        match first.take() {
+            None if joined.is_empty() => first = Some(data),
+            None => joined.extend_from_slice(&data),
+            Some(earlier) => {
+                joined.extend_from_slice(&earlier);
+                joined.extend_from_slice(&data);
+            }
+        }
+    }
+    Ok(first.unwrap_or_else(|| joined.freeze()))
+}
+
+fn body_error(error: Box<dyn StdError + Send + Sync>, read_timeout: Duration) -> Error {
+    if caused_by::<tower_http::timeout::TimeoutError>(&*error) {
+        Error::RequestTimeout(format!(
+            "the request body stalled: no data for {} s (--request-read-timeout-secs)",
+            read_timeout.as_secs()
+        ))
+    } else {
+        Error::invalid(format!("cannot read the request body: {error}"))
+    }
 }
 
 /// Whether `error` or anything in its chain of sources is an `E`. An

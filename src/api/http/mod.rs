@@ -8,7 +8,7 @@ mod limits;
 pub use codec::decode as decode_body;
 
 use crate::api::listen::{self, Limits, Protocol};
-use crate::api::{describe, grpc, http_status};
+use crate::api::{describe, grpc, http_status, inflate};
 use crate::error::{Error, Result};
 use crate::infer::InferResponse;
 use crate::repository::CanaryAction;
@@ -59,10 +59,11 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), close_while_draining))
-        .with_state(state)
         // Content-Encoding gzip/deflate request bodies (tritonclient's
-        // request_compression_algorithm) and Accept-Encoding responses.
-        .layer(tower_http::decompression::RequestDecompressionLayer::new())
+        // request_compression_algorithm), inflated within bounds, and
+        // Accept-Encoding responses.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), inflate_body))
+        .with_state(state)
         .layer(tower_http::compression::CompressionLayer::new())
         // Outermost, so it watches the body as it comes off the wire: a body
         // that sends no data for this long fails to read (408).
@@ -144,6 +145,40 @@ async fn close_while_draining(
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
+}
+
+/// A request body in gzip or deflate is read whole (within
+/// --max-message-bytes), inflated within the size and ratio bounds
+/// (api/inflate.rs), and handed on plain; an encoding the server does not
+/// read is 415.
+async fn inflate_body(
+    Shared(state): Shared<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(encoding) = request.headers().get(header::CONTENT_ENCODING) else {
+        return next.run(request).await;
+    };
+    let codec = match inflate::Codec::from_name(encoding.as_bytes()) {
+        Ok(codec) => codec,
+        Err(e) => return error_response(e),
+    };
+    let (mut parts, body) = request.into_parts();
+    parts.headers.remove(header::CONTENT_ENCODING);
+    let Some(codec) = codec else {
+        return next.run(axum::extract::Request::from_parts(parts, body)).await;
+    };
+    let inflated = match read_body(&state, body).await {
+        Ok(compressed) => inflate::inflate(codec, &compressed, state.config.inflate_bounds(), "request body"),
+        Err(e) => Err(e),
+    };
+    match inflated {
+        Ok(inflated) => {
+            parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(inflated.len()));
+            next.run(axum::extract::Request::from_parts(parts, Body::from(inflated))).await
+        }
+        Err(e) => error_response(e),
+    }
 }
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
@@ -327,7 +362,7 @@ async fn optional_json(state: &State, body: Body) -> Result<Value> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }
-    serde_json::from_slice(&bytes).map_err(|e| Error::invalid(format!("malformed JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| codec::malformed_json("JSON body", &e))
 }
 
 async fn repository_index(Shared(state): Shared<AppState>, body: Body) -> Response {
