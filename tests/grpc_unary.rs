@@ -11,96 +11,16 @@ mod grpc_support;
 
 use bytes::Bytes;
 use common::{Server, shipped_models};
-use ferroserve::pb;
-use grpc_support::{check_mlp_response, mlp_request};
+use grpc_support::mlp_request;
+use grpc_support::raw::{self, Client, MODEL_INFER, answer, call, framed};
 use prost::Message;
-use tokio::net::TcpStream;
 
-type Client = h2::client::SendRequest<Bytes>;
-
-fn framed(message: &impl Message) -> Bytes {
-    let message = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend((message.len() as u32).to_be_bytes());
-    frame.extend(message);
-    frame.into()
+fn head(_server: &Server, extra: &[(&str, &str)]) -> http::Request<()> {
+    raw::head(MODEL_INFER, extra)
 }
 
 async fn connect(server: &Server) -> (Client, tokio::task::JoinHandle<()>) {
-    let tcp = TcpStream::connect(&server.grpc).await.expect("the gRPC port accepts");
-    let (client, connection) = h2::client::handshake(tcp).await.expect("an HTTP/2 handshake");
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    (client.ready().await.expect("the connection is ready"), driver)
-}
-
-fn head(server: &Server, extra: &[(&str, &str)]) -> http::Request<()> {
-    let mut request = http::Request::post(format!("http://{}/inference.GRPCInferenceService/ModelInfer", server.grpc))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    for (name, value) in extra {
-        request = request.header(*name, *value);
-    }
-    request.body(()).unwrap()
-}
-
-/// What came back: the grpc-status (trailers, or the headers of a
-/// trailers-only answer), the response headers, and the messages' bytes.
-struct Answer {
-    status: String,
-    headers: http::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    /// The length-prefixed messages in the body.
-    fn messages(&self) -> Vec<(u8, &[u8])> {
-        let mut messages = Vec::new();
-        let mut rest = &self.body[..];
-        while !rest.is_empty() {
-            assert!(rest.len() >= 5, "a partial message prefix: {rest:?}");
-            let length = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
-            assert!(rest.len() >= 5 + length, "a partial message");
-            messages.push((rest[0], &rest[5..5 + length]));
-            rest = &rest[5 + length..];
-        }
-        messages
-    }
-
-    /// Status OK and exactly one uncompressed message: a valid mlp answer.
-    fn expect_one_mlp_answer(&self, what: &str) {
-        assert_eq!(self.status, "0", "{what}: status {}", self.status);
-        let messages = self.messages();
-        assert_eq!(messages.len(), 1, "{what}: {} messages", messages.len());
-        assert_eq!(messages[0].0, 0, "{what}: the answer is compressed");
-        let response = pb::ModelInferResponse::decode(messages[0].1).expect("a ModelInferResponse");
-        check_mlp_response(&response, 1);
-    }
-}
-
-async fn answer(response: h2::client::ResponseFuture) -> Answer {
-    let response = response.await.expect("an answer");
-    let (parts, mut body) = response.into_parts();
-    let mut bytes = Vec::new();
-    while let Some(data) = body.data().await {
-        let data = data.expect("the body");
-        let _ = body.flow_control().release_capacity(data.len());
-        bytes.extend_from_slice(&data);
-    }
-    let trailers = body.trailers().await.expect("the trailers");
-    let status = trailers.as_ref().or(Some(&parts.headers)).and_then(|t| t.get("grpc-status"));
-    let status = status.map(|s| s.to_str().unwrap().to_string()).unwrap_or_else(|| "none".into());
-    Answer { status, headers: parts.headers, body: bytes }
-}
-
-/// Sends `chunks` as DATA frames, the last one ending the stream.
-async fn call(client: &mut Client, request: http::Request<()>, chunks: &[Bytes]) -> Answer {
-    let (response, mut stream) = client.send_request(request, false).expect("a stream");
-    for (i, chunk) in chunks.iter().enumerate() {
-        stream.send_data(chunk.clone(), i + 1 == chunks.len()).expect("sending");
-    }
-    answer(response).await
+    raw::connect(&server.grpc).await
 }
 
 /// Cut points across the frame: in the prefix, at its end, inside the
@@ -169,7 +89,7 @@ async fn answers_are_compressed_only_when_the_request_is() {
     let plain = call(&mut client, head(&server, &accepts), &[framed(&mlp_request(1))]).await;
     plain.expect_one_mlp_answer("a plain request that accepts compression");
     assert!(plain.headers.get("grpc-encoding").is_none(), "{:?}", plain.headers);
-    // A gzip request is answered in kind (by tonic's codec).
+    // A gzip request is answered in kind.
     let message = mlp_request(1).encode_to_vec();
     let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gzip, &message).unwrap();

@@ -7,13 +7,14 @@
 //! the key file reloading; and the audit log of admin actions.
 
 mod common;
+mod grpc_support;
 
 use bytes::Bytes;
 use common::{Server, shipped_models};
 use ferroserve::security::groups::{Group, HTTP_ROUTES, Port, Table};
+use grpc_support::raw;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// The key every test key file gives group `group`.
 fn key_of(group: Group) -> String {
@@ -176,19 +177,11 @@ async fn reflected_services(server: &Server) -> Vec<String> {
 
 /// One call's grpc-status and grpc-message, from the response headers when
 /// the answer is trailers-only (every refusal is), else "accepted".
-async fn grpc_call(
-    client: &mut h2::client::SendRequest<Bytes>,
-    server: &Server,
-    path: &str,
-    key: Option<&str>,
-) -> (String, String) {
-    let mut request = http::Request::post(format!("http://{}{path}", server.grpc))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers");
-    if let Some(key) = key {
-        request = request.header("authorization", format!("Bearer {key}"));
-    }
-    let (response, mut stream) = client.send_request(request.body(()).unwrap(), false).expect("a stream");
+async fn grpc_call(client: &mut h2::client::SendRequest<Bytes>, path: &str, key: Option<&str>) -> (String, String) {
+    let authorization = key.map(|key| format!("Bearer {key}"));
+    let metadata: Vec<(&str, &str)> = authorization.iter().map(|value| ("authorization", value.as_str())).collect();
+    let request = raw::head(path, &metadata);
+    let (response, mut stream) = client.send_request(request, false).expect("a stream");
     // One empty message: a valid (if useless) request of every type.
     stream.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), true).expect("sending");
     let response =
@@ -211,20 +204,15 @@ async fn every_grpc_method_needs_a_key_with_its_group() {
         assert!(described.contains(&service), "the server serves {service}, which this test does not enumerate");
     }
     let table = Table::new();
-    let tcp = TcpStream::connect(&server.grpc).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let (mut client, _driver) = raw::connect(&server.grpc).await;
     let mut methods = 0;
     for service in pool.services() {
         for method in service.methods() {
             methods += 1;
             let path = format!("/{}/{}", service.full_name(), method.name());
             let group = table.classify(Port::Grpc, &path).unwrap_or_else(|| panic!("{path} has no API group"));
-            let bare = grpc_call(&mut client, &server, &path, None).await;
-            let other = grpc_call(&mut client, &server, &path, Some(&key_of(other_than(group)))).await;
+            let bare = grpc_call(&mut client, &path, None).await;
+            let other = grpc_call(&mut client, &path, Some(&key_of(other_than(group)))).await;
             let passed = |(status, message): &(String, String)| {
                 status != "16" && status != "7" && !message.contains("no such method")
             };
@@ -235,13 +223,13 @@ async fn every_grpc_method_needs_a_key_with_its_group() {
                 assert_eq!(other.0, "7", "{path} ({group}) with another group's key: {other:?}");
                 assert!(other.1.contains(&format!("the%20{group}%20API")), "{path}: {other:?}");
             }
-            let own = grpc_call(&mut client, &server, &path, Some(&key_of(group))).await;
+            let own = grpc_call(&mut client, &path, Some(&key_of(group))).await;
             assert!(passed(&own), "{path} ({group}) with its group's key: {own:?}");
         }
     }
     assert!(methods >= 24, "only {methods} methods enumerated");
     for path in ["/inference.GRPCInferenceService/Nope", "/other.Service/ModelInfer", "/grpc.health.v1.Health/"] {
-        let (status, message) = grpc_call(&mut client, &server, path, Some(ROOT_KEY)).await;
+        let (status, message) = grpc_call(&mut client, path, Some(ROOT_KEY)).await;
         assert_eq!(status, "12", "{path}: {message}");
     }
     let _ = server.terminate();

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::pki::Pki;
 use common::{Logs, Server, shipped_models};
 use ferroserve::pb;
-use grpc_support::{check_mlp_response, mlp_request};
+use grpc_support::{check_mlp_response, mlp_request, raw};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use prost::Message;
@@ -103,46 +103,18 @@ async fn get(stream: TlsStream<TcpStream>, path: &str) -> Result<(u16, String), 
 }
 
 /// An HTTP/2 connection's sender (gRPC, or HTTP/2 on the HTTP port).
-async fn h2_over(stream: TlsStream<TcpStream>) -> Result<h2::client::SendRequest<Bytes>, h2::Error> {
-    let (client, connection) = h2::client::handshake(stream).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client.ready().await
-}
-
-fn framed(message: &impl Message) -> Bytes {
-    let message = message.encode_to_vec();
-    let mut frame = vec![0u8];
-    frame.extend((message.len() as u32).to_be_bytes());
-    frame.extend(message);
-    frame.into()
+async fn h2_over(stream: TlsStream<TcpStream>) -> Result<raw::Client, h2::Error> {
+    raw::over(stream).await
 }
 
 /// One mlp ModelInfer over an HTTP/2 connection; Err names what failed.
-async fn infer(client: &mut h2::client::SendRequest<Bytes>) -> Result<(), String> {
-    let request = http::Request::post("https://localhost/inference.GRPCInferenceService/ModelInfer")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let mut ready = client.clone().ready().await.map_err(|e| format!("connection: {e}"))?;
-    let (response, mut stream) = ready.send_request(request, false).map_err(|e| format!("stream: {e}"))?;
-    stream.send_data(framed(&mlp_request(1)), true).map_err(|e| format!("sending: {e}"))?;
-    let response = response.await.map_err(|e| format!("answer: {e}"))?;
-    let (parts, mut body) = response.into_parts();
-    let mut bytes = Vec::new();
-    while let Some(data) = body.data().await {
-        let data = data.map_err(|e| format!("body: {e}"))?;
-        let _ = body.flow_control().release_capacity(data.len());
-        bytes.extend_from_slice(&data);
+async fn infer(client: &mut raw::Client) -> Result<(), String> {
+    let answer = raw::try_call(client, raw::head(raw::MODEL_INFER, &[]), &[raw::framed(&mlp_request(1))]).await?;
+    let messages = answer.messages();
+    if answer.status != "0" || messages.len() != 1 {
+        return Err(format!("grpc-status {} {:?}, {} messages", answer.status, answer.message, messages.len()));
     }
-    let trailers = body.trailers().await.map_err(|e| format!("trailers: {e}"))?;
-    let status = trailers.as_ref().unwrap_or(&parts.headers).get("grpc-status").cloned();
-    if status.as_ref().map(|s| s.as_bytes()) != Some(b"0") || bytes.len() < 5 {
-        return Err(format!("grpc-status {status:?}, {} bytes", bytes.len()));
-    }
-    let response = pb::ModelInferResponse::decode(&bytes[5..]).map_err(|e| format!("decoding: {e}"))?;
+    let response = pb::ModelInferResponse::decode(messages[0].1).map_err(|e| format!("decoding: {e}"))?;
     check_mlp_response(&response, 1);
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
+
 use crate::common::{GrpcClient, Server};
 use ferroserve::pb;
 use ferroserve::pb::model_infer_request::{InferInputTensor, InferRequestedOutputTensor};
