@@ -31,6 +31,12 @@ unset CARGO_ENCODED_RUSTFLAGS
 export RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares"
 
 echo "== building fuzz targets ($host, $(rustc --version))"
+if ! cargo metadata --locked --offline --format-version 1 --manifest-path "$fuzz/Cargo.toml" >/dev/null 2>&1 \
+    && ! cargo metadata --locked --format-version 1 --manifest-path "$fuzz/Cargo.toml" >/dev/null 2>&1; then
+    echo "fuzz/Cargo.lock does not match the crates' manifests (a dependency of ferroserve changed?);" >&2
+    echo "refresh it with: cargo metadata --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null" >&2
+    exit 1
+fi
 start=$(date +%s)
 cargo build --release --locked \
     --manifest-path "$fuzz/Cargo.toml" \

@@ -23,10 +23,13 @@ LOADGEN = os.path.join(ROOT, "target/release/ferroload")
 
 class Server:
     """ferroserve on `repository` with extra flags, listening on 127.0.0.1 and
-    free ports; ready when the constructor returns. Use it as a context manager."""
+    free ports; ready when the constructor returns. Use it as a context manager.
+    With `tls` (an ssl.SSLContext trusting the server's CA), the HTTP port is
+    asked over HTTPS."""
 
-    def __init__(self, repository, *flags, log=os.devnull, ready_timeout=60):
+    def __init__(self, repository, *flags, log=os.devnull, ready_timeout=60, tls=None):
         self.log = open(log, "w")
+        self.tls = tls
         self.proc = subprocess.Popen(
             [SERVER, "--model-repository", repository, "--grpc-port", "0", "--http-port", "0",
              "--metrics-port", "0", "--grpc-address", "127.0.0.1", "--http-address", "127.0.0.1",
@@ -39,6 +42,7 @@ class Server:
             self.kill()
             raise SystemExit(f"ferroserve did not start (its first line: {line!r}); see {log}")
         self.grpc, self.http, self.metrics = fields["grpc"], fields["http"], fields["metrics"]
+        self.http_base = f"{'https' if tls else 'http'}://{self.http}"
         self.pid = self.proc.pid
         self.wait_ready(ready_timeout)
 
@@ -61,7 +65,7 @@ class Server:
 
     def http_status(self, path, timeout=2):
         try:
-            with urllib.request.urlopen(f"http://{self.http}{path}", timeout=timeout) as r:
+            with urllib.request.urlopen(f"{self.http_base}{path}", timeout=timeout, context=self.tls) as r:
                 return r.status
         except urllib.error.HTTPError as e:
             return e.code
@@ -70,7 +74,7 @@ class Server:
 
     def stats(self, model):
         """(inference_count, execution_count) from the model's statistics."""
-        with urllib.request.urlopen(f"http://{self.http}/v2/models/{model}/stats", timeout=5) as r:
+        with urllib.request.urlopen(f"{self.http_base}/v2/models/{model}/stats", timeout=5, context=self.tls) as r:
             s = json.load(r)["model_stats"][0]
         return s["inference_count"], s["execution_count"]
 

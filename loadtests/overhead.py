@@ -58,7 +58,8 @@ def cpu_seconds(pid):
 
 def answered(server, model):
     """Successful requests the server's statistics have counted for `model`."""
-    with urllib.request.urlopen(f"http://{server.http}/v2/models/{model}/stats", timeout=5) as r:
+    url = f"{getattr(server, 'http_base', 'http://' + server.http)}/v2/models/{model}/stats"
+    with urllib.request.urlopen(url, timeout=5, context=getattr(server, "tls", None)) as r:
         stats = json.load(r)["model_stats"]
     return sum(s["inference_stats"]["success"]["count"] for s in stats)
 
@@ -107,7 +108,8 @@ def raw_data(model):
     return data
 
 
-def perf_analyzer_point(server, model, transport, concurrency, seconds, out):
+def perf_analyzer_point(server, model, transport, concurrency, seconds, out, extra=()):
+    """One point; `extra` adds perf_analyzer flags (its --ssl-* ones)."""
     csv = os.path.join(out, f"overhead-pa-{model}-{transport}-c{concurrency}.csv")
     if os.path.exists(csv):
         os.unlink(csv)
@@ -115,7 +117,9 @@ def perf_analyzer_point(server, model, transport, concurrency, seconds, out):
     env = {**os.environ, "LD_LIBRARY_PATH": os.path.join(ROOT, ".deps/perf_analyzer/lib")}
     # Windows long enough that ours (inside the client's run) sees only steady load.
     interval_ms = int(max(seconds, 1) * 1000)
-    proc = subprocess.Popen([PERF, "-m", model, "-i", protocol, "-u", url, "--concurrency-range", str(concurrency),
+    if getattr(server, "tls", None) and protocol == "http":
+        url = f"https://{url}"
+    proc = subprocess.Popen([PERF, "-m", model, "-i", protocol, "-u", url, *extra, "--concurrency-range", str(concurrency),
                              "--measurement-interval", str(interval_ms), "--stability-percentage", "1000",
                              "--max-trials", "6", "-f", csv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     window = Window(server, model)

@@ -277,6 +277,36 @@ mod tests {
     }
 
     #[test]
+    fn every_method_the_grpc_port_serves_has_a_group() {
+        let mut pool = prost_reflect::DescriptorPool::new();
+        for set in [
+            crate::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ] {
+            pool.decode_file_descriptor_set(set).unwrap();
+        }
+        let table = Table::new();
+        let mut methods = 0;
+        for service in pool.services() {
+            for method in service.methods() {
+                let path = format!("/{}/{}", service.full_name(), method.name());
+                assert!(table.classify(Port::Grpc, &path).is_some(), "{path} has no API group");
+                methods += 1;
+            }
+        }
+        assert_eq!(methods, 24);
+        // And every method the table names exists.
+        for service in GRPC_SERVICES {
+            let described = pool.get_service_by_name(service.name).expect(service.name);
+            for (method, _) in service.methods {
+                assert!(described.methods().any(|m| m.name() == *method), "{}/{method}", service.name);
+            }
+        }
+    }
+
+    #[test]
     fn group_lists_parse() {
         let groups = Groups::parse("inference,metadata").unwrap();
         assert!(groups.contains(Group::Inference) && groups.contains(Group::Metadata));
