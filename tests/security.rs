@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::{Server, shipped_models};
 use ferroserve::security::groups::{Group, HTTP_ROUTES, Port, Table};
 use grpc_support::raw;
+use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -333,6 +334,14 @@ async fn admin_actions_are_audited_with_the_key_id_and_the_client() {
         client.post(server.http_url("/v2/repository/models/absent/load")).bearer_auth(ROOT_KEY).send().await.unwrap();
     assert!(missing.status().is_client_error());
 
+    let canary = server.http_url("/v2/repository/models/mlp/canary");
+    let canary_key = key_of(Group::Canary);
+    for body in [json!({"weight": 10}), json!({"action": "promote"}), json!({"action": "rollback"})] {
+        // mlp has no canary here: each is refused, and each is audited.
+        let reply = client.post(&canary).bearer_auth(&canary_key).json(&body).send().await.unwrap();
+        assert!(reply.status().is_client_error(), "{body}");
+    }
+
     let mut grpc = server.grpc_client().await;
     let mut request = tonic::Request::new(ferroserve::pb::RepositoryModelUnloadRequest {
         model_name: "mlp".into(),
@@ -346,6 +355,9 @@ async fn admin_actions_are_audited_with_the_key_id_and_the_client() {
         ("unload", "mlp", "only-model-repository", "ok"),
         ("load", "mlp", "only-model-repository", "ok"),
         ("load", "absent", "root", "refused"),
+        ("canary weight", "mlp", "only-canary", "refused"),
+        ("canary promote", "mlp", "only-canary", "refused"),
+        ("canary rollback", "mlp", "only-canary", "refused"),
     ] {
         let needles = [
             "ferroserve::audit".to_string(),
@@ -361,7 +373,7 @@ async fn admin_actions_are_audited_with_the_key_id_and_the_client() {
     logs.wait_for(&["ferroserve::audit", "action=\"unload\"", "key_id=\"root\""], wait)
         .expect("the gRPC unload audited");
     let lines = logs.lines().join("\n");
-    for key in [ROOT_KEY.to_string(), admin] {
+    for key in [ROOT_KEY.to_string(), admin, canary_key] {
         assert!(!lines.contains(&key), "a key reached the log");
     }
     let _ = server.terminate();
