@@ -111,7 +111,6 @@ async fn compression_bombs_are_refused_by_size_and_by_ratio_on_both_fronts() {
     eprintln!("bombs: answered in {elapsed:?}, peak memory grew {} MiB", grown >> 20);
     assert!(grown < 128 << 20, "two 256 MiB bombs grew the peak by {} MiB", grown >> 20);
     still_serving(&server).await;
-    let _ = server.terminate();
 }
 
 /// One HTTP/1.1 exchange on a raw socket, the request written by a thread
@@ -201,7 +200,6 @@ async fn a_body_in_too_many_pieces_is_refused_and_chunks_cost_by_the_byte() {
     assert!(text.contains("more than 65536 pieces"), "{text}");
     sending.abort();
     still_serving(&server).await;
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -225,7 +223,6 @@ async fn json_nested_past_128_levels_is_named_wherever_it_is() {
     let (status, answer) = post(&infer, &[], serde_json::to_vec(&nested).unwrap()).await;
     assert_eq!(status, 200, "{answer}");
     still_serving(&server).await;
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -254,7 +251,6 @@ async fn requested_outputs_are_bounded_on_both_fronts() {
     let error = client.model_infer(request).await.unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument, "{error:?}");
     still_serving(&server).await;
-    let _ = server.terminate();
 }
 
 /// Dimensions around every power of two up to 2^63, alone, in pairs whose
@@ -314,7 +310,6 @@ async fn shape_arithmetic_at_every_size_is_refused_naming_the_input() {
     }
     assert!(refused > 400, "only {refused} refusals");
     still_serving(&server).await;
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -380,7 +375,6 @@ async fn names_and_load_parameters_cannot_reach_outside_the_repository() {
     let names: std::collections::BTreeSet<&str> =
         index.as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["cnn", "mlp"].into());
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -398,5 +392,4 @@ async fn log_settings_cannot_be_changed_over_the_network() {
     assert!(!std::path::Path::new("/tmp/owned").exists());
     let (status, body) = post(&server.http_url("/v2/logging"), &[], br#"{"log_file": "/tmp/owned"}"#.to_vec()).await;
     assert_eq!(status, 404, "{body}");
-    let _ = server.terminate();
 }

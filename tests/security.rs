@@ -136,19 +136,12 @@ async fn every_http_route_needs_a_key_with_its_group() {
     ] {
         assert!(own.body.contains(needle), "{needle} missing from /metrics");
     }
-    let _ = server.terminate();
 }
 
-/// Every service the gRPC port serves, as descriptors: the inference API
-/// and health, which reflection describes, and reflection itself.
+/// Every service the gRPC port serves, as descriptors.
 fn served_descriptors() -> prost_reflect::DescriptorPool {
     let mut pool = prost_reflect::DescriptorPool::new();
-    for set in [
-        ferroserve::pb::FILE_DESCRIPTOR_SET,
-        tonic_health::pb::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-    ] {
+    for set in ferroserve::api::grpc::SERVED_DESCRIPTOR_SETS {
         pool.decode_file_descriptor_set(set).expect("an embedded descriptor set");
     }
     pool
@@ -233,7 +226,6 @@ async fn every_grpc_method_needs_a_key_with_its_group() {
         let (status, message) = grpc_call(&mut client, path, Some(ROOT_KEY)).await;
         assert_eq!(status, "12", "{path}: {message}");
     }
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -270,7 +262,6 @@ async fn tritons_restricted_api_flags_guard_their_groups() {
     request.metadata_mut().insert("admin-key", "s3cret".parse().unwrap());
     grpc.repository_index(request).await.expect("the header opens the group");
     grpc.server_metadata(ferroserve::pb::ServerMetadataRequest::default()).await.expect("metadata is not restricted");
-    let _ = server.terminate();
 }
 
 /// Polls `check` until it holds or 10 s pass.
@@ -309,7 +300,6 @@ async fn the_key_file_reloads_when_it_changes_and_a_broken_one_keeps_the_old_key
     };
     eventually("the broken key file counted as a failed reload", failures).await;
     assert_eq!(status("new-key").await, 200, "a broken key file keeps the keys in force");
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -376,5 +366,4 @@ async fn admin_actions_are_audited_with_the_key_id_and_the_client() {
     for key in [ROOT_KEY.to_string(), admin, canary_key] {
         assert!(!lines.contains(&key), "a key reached the log");
     }
-    let _ = server.terminate();
 }

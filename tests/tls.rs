@@ -236,7 +236,6 @@ async fn every_port_speaks_tls_and_refuses_plaintext() {
         stranger.connect(&server.grpc).await.is_err(),
         "a client accepted a certificate from a CA it does not trust"
     );
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -305,7 +304,6 @@ async fn mtls_requires_a_client_certificate_from_the_ca_and_audits_its_subject()
         Duration::from_secs(5),
     )
     .expect("an audit line with the client's subject");
-    let _ = server.terminate();
 }
 
 /// A Secret volume as the kubelet writes it: the files are symlinks through
@@ -471,7 +469,6 @@ async fn a_secret_volume_swap_is_served_under_load_and_a_broken_pair_keeps_the_o
     assert!(answered > 100, "only {answered} calls answered");
     let metrics = plaintext_metrics(&server).await;
     assert!(metrics.contains(r#"ferroserve_tls_reloads_total{outcome="success"} 1"#), "one good reload counted");
-    let _ = server.terminate();
 }
 
 #[tokio::test]
@@ -502,5 +499,4 @@ async fn sighup_reloads_a_certificate_the_folder_watch_cannot_see() {
     let stream = client.connect(&server.grpc).await.unwrap();
     assert_eq!(served(&stream), der(&second.0));
     infer(&mut h2_over(stream).await.unwrap()).await.expect("serving after SIGHUP");
-    let _ = server.terminate();
 }

@@ -2,6 +2,7 @@
 //! lives here; only this folder knows tonic and axum.
 
 pub mod describe;
+pub mod gather;
 pub mod grpc;
 pub mod http;
 pub mod inflate;

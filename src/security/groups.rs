@@ -279,12 +279,7 @@ mod tests {
     #[test]
     fn every_method_the_grpc_port_serves_has_a_group() {
         let mut pool = prost_reflect::DescriptorPool::new();
-        for set in [
-            crate::pb::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ] {
+        for set in crate::api::grpc::SERVED_DESCRIPTOR_SETS {
             pool.decode_file_descriptor_set(set).unwrap();
         }
         let table = Table::new();

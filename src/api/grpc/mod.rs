@@ -53,6 +53,17 @@ fn codec_refusals_as_protocol_codes<B>(
     response
 }
 
+/// The descriptors of every service the gRPC port serves: the inference
+/// API and health (which reflection describes) and reflection itself. The
+/// auth layer's table (security/groups.rs) must give each method a group;
+/// its tests enumerate these.
+pub const SERVED_DESCRIPTOR_SETS: [&[u8]; 4] = [
+    pb::FILE_DESCRIPTOR_SET,
+    tonic_health::pb::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+    tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+];
+
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -20,6 +20,7 @@
 //! Triton's server, too, answers uncompressed unless told otherwise.
 
 use super::service::{grpc_deadline, traced_infer};
+use crate::api::gather::Gathered;
 use crate::api::grpc_status;
 use crate::api::inflate::{self, Codec};
 use crate::pb;
@@ -151,24 +152,16 @@ where
 {
     let mut body = std::pin::pin!(body);
     // Most messages arrive in one DATA frame: kept as it came, no copy.
-    let mut first: Option<Bytes> = None;
-    let mut joined = BytesMut::new();
+    let mut gathered = Gathered::default();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("the request body could not be read: {e}")))?;
         let Ok(data) = frame.into_data() else { continue }; // trailers
         if data.is_empty() {
             continue;
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(earlier) => {
-                joined.extend_from_slice(&earlier);
-                joined.extend_from_slice(&data);
-            }
-        }
-        let received = first.as_ref().map_or(joined.len(), Bytes::len);
-        let head = first.as_deref().unwrap_or(&joined);
+        gathered.push(data);
+        let head = gathered.bytes();
+        let received = head.len();
         if head.len() >= PREFIX {
             let length = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
             if length > limit {
@@ -181,7 +174,7 @@ where
             }
         }
     }
-    let mut whole = first.unwrap_or_else(|| joined.freeze());
+    let mut whole = gathered.finish();
     if whole.len() < PREFIX {
         return Err(Status::invalid_argument("the call ended without a request message"));
     }

@@ -41,9 +41,7 @@ pub const MAX_BODY_PIECES: usize = 1 << 16;
 pub async fn read_body(body: Body, limit: usize, read_timeout: Duration) -> Result<bytes::Bytes> {
     use http_body_util::BodyExt;
     let mut body = body;
-    // Most bodies arrive in one piece: kept as it came, no copy.
-    let mut first: Option<bytes::Bytes> = None;
-    let mut joined = bytes::BytesMut::new();
+    let mut gathered = crate::api::gather::Gathered::default();
     let (mut pieces, mut length) = (0usize, 0usize);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| body_error(e.into_inner(), read_timeout))?;
@@ -58,16 +56,9 @@ pub async fn read_body(body: Body, limit: usize, read_timeout: Duration) -> Resu
         if length > limit {
             return Err(Error::ResourceExhausted(format!("request body over the {limit}-byte limit")));
         }
-        match first.take() {
-            None if joined.is_empty() => first = Some(data),
-            None => joined.extend_from_slice(&data),
-            Some(earlier) => {
-                joined.extend_from_slice(&earlier);
-                joined.extend_from_slice(&data);
-            }
-        }
+        gathered.push(data);
     }
-    Ok(first.unwrap_or_else(|| joined.freeze()))
+    Ok(gathered.finish())
 }
 
 fn body_error(error: Box<dyn StdError + Send + Sync>, read_timeout: Duration) -> Error {
