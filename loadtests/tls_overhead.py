@@ -7,7 +7,7 @@ microseconds per answered request (utime + stime from /proc over the
 window, over the requests its statistics counted), medians of --repeat
 runs, and the TLS/plaintext ratio.
 
-    .deps/venv/bin/python loadtests/tls_overhead.py [--model mlp] [--concurrency 1,16]
+    .deps/venv/bin/python loadtests/tls_overhead.py [--model mlp|mlp_big|resnet50] [--concurrency 1,16]
                                                     [--seconds 4] [--repeat 3] [--transports grpc,http-binary]
 
 Needs target/release/ferroserve, perf_analyzer (deploy/setup.sh test) and
@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "python"))
+import bench  # noqa: E402
 import harness  # noqa: E402
 import overhead  # noqa: E402
 from certs import make_pki  # noqa: E402
@@ -51,7 +52,12 @@ def main():
 def run(args, work):
     pki = make_pki(work)
     repo = harness.temp_repository("tls")
-    shutil.copytree(os.path.join(ROOT, "models", args.model), os.path.join(repo, args.model))
+    if args.model in bench.GENERATED:
+        # A generated model (loadtests/models.py: mlp_big, resnet50), as the benchmark serves it.
+        folder = bench.generate(args.model, *bench.GENERATED[args.model])
+        bench.add_entry(repo, args.model, folder, open(os.path.join(folder, "config.pbtxt")).read())
+    else:
+        shutil.copytree(os.path.join(ROOT, "models", args.model), os.path.join(repo, args.model))
     context = ssl.create_default_context(cafile=str(pki.ca))
     tls_flags = ["--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key)]
     ssl_args = {

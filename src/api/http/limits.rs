@@ -73,8 +73,8 @@ fn body_error(error: Box<dyn StdError + Send + Sync>, read_timeout: Duration) ->
 }
 
 /// Whether `error` or anything in its chain of sources is an `E`. An
-/// io::Error hides its payload from `source()` (decompression wraps body
-/// errors in one), so its payload is searched too.
+/// io::Error hides its payload from `source()` (body layers may wrap errors
+/// in one), so its payload is searched too.
 fn caused_by<E: StdError + 'static>(error: &(dyn StdError + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
