@@ -8,7 +8,7 @@
 //! `intra_op_thread_count`, else cores ÷ instances.
 
 use ferroserve::repository::config;
-use ferroserve::runtime::{RunInput, Runtime, SessionOptions, locate_library};
+use ferroserve::runtime::{ModelThreads, RunInput, Runtime, SessionOptions, locate_library};
 use ferroserve::tensor::{DataType, encode_bytes_elements};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -79,6 +79,7 @@ fn main() {
             spinning: true,
             spin_between_runs: false,
             prepacked: Default::default(),
+            threads: ModelThreads::new("bench-pool".into()),
         };
         let mut session = runtime.load(&dir.join("1/model.onnx"), &options).expect("loading the model");
         for &batch in args.batches.iter().filter(|&&b| b <= max_batch) {

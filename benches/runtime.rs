@@ -6,7 +6,7 @@
 //! Needs the ONNX Runtime library (deploy/setup.sh ort).
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use ferroserve::runtime::{RunInput, Runtime, SessionOptions, locate_library};
+use ferroserve::runtime::{ModelThreads, RunInput, Runtime, SessionOptions, locate_library};
 use ferroserve::tensor::DataType;
 use std::path::Path;
 
@@ -19,6 +19,7 @@ fn mlp(c: &mut Criterion) {
         spinning: true,
         spin_between_runs: false,
         prepacked: Default::default(),
+        threads: ModelThreads::new("bench-pool".into()),
     };
     let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mlp/1/model.onnx");
     let mut session = runtime.load(&model, &options).expect("loading models/mlp");

@@ -6,6 +6,8 @@
 # garbage-input run against a live server, and a bounded fuzzing run.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# One full build, not an iteration: incremental state would only take disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 deploy/setup.sh test
 cargo fmt --all -- --check
 cargo clippy --locked --all-targets -- -D warnings

@@ -107,8 +107,9 @@ pub fn statistics(repository: &Repository, name: &str, version: &str) -> Result<
 }
 
 /// The statistics as Triton's REST API returns them, each version's entry
-/// with ferroserve's `execution_cost` added: the cost model's predicted
-/// execution time per power-of-two batch size.
+/// with ferroserve's `execution_cost` added (the cost model's predicted
+/// execution time per power-of-two batch size) and `admission` (the margin
+/// admission adds to its predictions, the batch size aimed for).
 pub fn statistics_json(repository: &Repository, name: &str, version: &str) -> Result<serde_json::Value> {
     let models = statistics_of(repository, name, version)?;
     let response = pb::ModelStatisticsResponse { model_stats: models.iter().map(|m| version_statistics(m)).collect() };
@@ -121,6 +122,8 @@ pub fn statistics_json(repository: &Repository, name: &str, version: &str) -> Re
             .filter_map(|(rows, time)| Some(serde_json::json!({"batch_size": rows, "seconds": time?.as_secs_f64()})))
             .collect();
         entry["execution_cost"] = serde_json::Value::Array(costs);
+        let (margin, batch) = model.admission_figures();
+        entry["admission"] = serde_json::json!({"margin_seconds": margin.as_secs_f64(), "batch_size_aimed": batch});
     }
     Ok(json)
 }

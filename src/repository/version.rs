@@ -11,7 +11,7 @@ use crate::admission::{BreakerTicket, VersionAdmission, VersionBreaker};
 use crate::error::{Error, Result};
 use crate::infer::{InferRequest, InferResponse, RequestLimits};
 use crate::pb;
-use crate::runtime::{Runtime, SessionOptions};
+use crate::runtime::{ModelThreads, Runtime, SessionOptions};
 use crate::scheduler::{Labels, Placement, Scheduler};
 use crate::telemetry::slo::SloConfig;
 use crate::telemetry::{VersionMetrics, VersionStats};
@@ -152,9 +152,9 @@ impl ModelVersion {
             spinning: config::parameter(&config, "allow_spinning").is_none_or(|v| v != 0),
             spin_between_runs: config::parameter(&config, "spin_between_runs").is_some_and(|v| v != 0),
             prepacked: Default::default(),
+            threads: ModelThreads::new(format!("{name}-{version}-pool")),
         };
-        // Sessions are built, warmed up and profiled on a thread of their own,
-        // named for the model: ONNX Runtime's pool threads inherit the name.
+        // Sessions are built, warmed up and profiled on a thread of their own.
         let built = std::thread::scope(|scope| {
             let build = std::thread::Builder::new().name(format!("{name}-{version}-load")).spawn_scoped(scope, || {
                 let first = runtime.load(&path, &options)?;
@@ -292,6 +292,11 @@ impl ModelVersion {
                 target.as_secs_f64() * 1e3
             )
         })
+    }
+
+    /// Admission's learnt margin and the batch size aimed for under load.
+    pub fn admission_figures(&self) -> (Duration, usize) {
+        self.scheduler.admission_figures()
     }
 
     /// The cost model: predicted execution time per power-of-two batch size.

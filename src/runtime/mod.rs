@@ -5,6 +5,7 @@
 mod library;
 mod session;
 mod strings;
+mod threads;
 
 pub use library::locate_library;
 
@@ -25,6 +26,7 @@ pub fn return_freed_memory() {
     }
 }
 pub use session::{RunInput, Session};
+pub use threads::ModelThreads;
 
 use anyhow::Context;
 use ort::session::builder::PrepackedWeights;
@@ -52,6 +54,9 @@ pub struct SessionOptions {
     pub spin_between_runs: bool,
     /// Weights prepacked once and shared by every instance of one version.
     pub prepacked: Weights,
+    /// The version's threads: ONNX Runtime's pool threads are spawned
+    /// through it, and each session hands it to its instance thread.
+    pub threads: ModelThreads,
 }
 
 /// Prepacked weights shared between the instances of one model version.

@@ -1,7 +1,7 @@
 //! One ONNX Runtime session: its signature, and a run on raw tensor bytes
 //! (one copy in, one copy out).
 
-use super::SessionOptions;
+use super::{ModelThreads, SessionOptions};
 use crate::telemetry::ComputeTimes;
 use crate::tensor::{AlignedBuffer, DataType, Tensor, TensorSpec};
 use ort::session::builder::GraphOptimizationLevel;
@@ -17,6 +17,8 @@ pub struct Session {
     pub outputs: Vec<TensorSpec>,
     /// One reusable, 8-byte aligned input buffer per run input position.
     buffers: Vec<AlignedBuffer>,
+    /// The threads of the version this session belongs to.
+    threads: ModelThreads,
 }
 
 /// One input to a run: the batch shape, and the raw bytes of each request
@@ -55,11 +57,12 @@ pub(super) fn load(
                 .map_err(Into::into)
         })
         .and_then(|b| b.with_prepacked_weights(&options.prepacked.0).map_err(Into::into))
+        .and_then(|b| b.with_thread_manager(options.threads.clone()).map_err(Into::into))
         .and_then(|mut b| b.commit_from_file(path))
         .map_err(|e: ort::Error| format!("ONNX Runtime could not load {}: {e}", path.display()))?;
     let inputs = session.inputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
     let outputs = session.outputs().iter().map(|o| spec(o.name(), o.dtype())).collect::<Result<_, _>>()?;
-    Ok(Session { session, inputs, outputs, buffers: Vec::new() })
+    Ok(Session { session, inputs, outputs, buffers: Vec::new(), threads: options.threads.clone() })
 }
 
 fn spec(name: &str, value: &ValueType) -> Result<TensorSpec, String> {
@@ -94,6 +97,12 @@ fn from_ort(ty: TensorElementType) -> Option<DataType> {
 }
 
 impl Session {
+    /// The threads of this session's version (its pool threads, and the
+    /// instance threads that register with it).
+    pub fn threads(&self) -> &ModelThreads {
+        &self.threads
+    }
+
     /// Runs the graph on one batch. Outputs come back in the order of
     /// `self.outputs`, as raw bytes in the wire layout.
     pub fn run(&mut self, inputs: &[RunInput<'_>]) -> Result<(Vec<Tensor>, ComputeTimes), String> {

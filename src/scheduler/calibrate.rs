@@ -1,64 +1,74 @@
-//! How far admission's predictions can be trusted: the ratio of what
-//! admitted requests actually took (arrival to answer) to what was
-//! predicted for them, learnt online. The cost model predicts execution
-//! from the recent median; the rest of a request's time inside the server
-//! (waking threads, answering, CPU taken by other work on a busy machine)
-//! and the spread of execution times around that median show up here, so
-//! admission scales its predictions by this ratio's high quantile and the
-//! admitted requests keep their target whatever the machine does.
+//! How far admission's predictions can be trusted: how much longer than
+//! predicted admitted requests actually took (arrival to answer), learnt
+//! online. The cost model predicts execution from the recent median; the
+//! rest of a request's time inside the server (waking threads, answering,
+//! CPU taken by other work on a busy machine) and the spread of execution
+//! times around that median show up here.
+//!
+//! The error is learnt as a time, not a ratio: one stalled execution
+//! delays every request queued behind it by the same amount, however long
+//! its queue, so a margin scaled by the prediction would refuse a queue of
+//! four that finishes well within its target because one execution alone
+//! sometimes takes twice its median. Admission adds the margin, a high
+//! quantile of the recent errors, and at least `MIN_SHARE` of the
+//! prediction: room for a burst of load to slow execution before the
+//! window has seen it.
 //!
 //! Only predictions of at least `MIN_PREDICTED` count: for models of
-//! microseconds the fixed costs would dominate the ratio, and their
-//! targets are far away anyway.
+//! microseconds the fixed costs would dominate, and their targets are far
+//! away anyway.
 
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Ratios kept: recent enough to follow a machine that becomes busy.
+/// Errors kept: recent enough to follow a machine that becomes busy.
 const WINDOW: usize = 128;
-/// The quantile of the ratios admission uses (the second largest of the
+/// The quantile of the errors admission uses (the second largest of the
 /// window): one stall does not close admission for a whole window.
 const QUANTILE: f64 = 0.99;
-/// Recompute the quantile after this many new ratios.
+/// Recompute the quantile after this many new errors.
 const EVERY: usize = 4;
 /// Predictions shorter than this teach nothing.
 pub const MIN_PREDICTED: Duration = Duration::from_millis(1);
-/// The factor before anything was learnt, and its bounds.
-pub const INITIAL: f64 = 1.2;
-/// Never below: room for a burst of load to slow execution before the
-/// window has seen it.
-const FLOOR: f64 = 1.2;
-const CEILING: f64 = 2.0;
+/// The margin is never below this share of the prediction.
+pub const MIN_SHARE: f64 = 0.2;
 
 #[derive(Debug)]
-struct Ratios {
-    values: Vec<f32>,
+struct Errors {
+    /// Nanoseconds actual minus predicted, 0 when faster than predicted.
+    values: Vec<u64>,
     next: usize,
     since: usize,
 }
 
-/// The learnt factor; read lock-free on every admission.
+/// The learnt margin; read lock-free on every admission.
 #[derive(Debug)]
 pub struct Calibration {
-    ratios: Mutex<Ratios>,
-    /// f64 bits of the factor.
-    factor: AtomicU64,
+    errors: Mutex<Errors>,
+    /// Nanoseconds.
+    margin: AtomicU64,
 }
 
 impl Default for Calibration {
     fn default() -> Self {
         Calibration {
-            ratios: Mutex::new(Ratios { values: Vec::with_capacity(WINDOW), next: 0, since: 0 }),
-            factor: AtomicU64::new(INITIAL.to_bits()),
+            errors: Mutex::new(Errors { values: Vec::with_capacity(WINDOW), next: 0, since: 0 }),
+            margin: AtomicU64::new(0),
         }
     }
 }
 
+/// A prediction with the margin added: `predicted` plus the larger of
+/// `margin` and MIN_SHARE of `predicted`.
+pub fn padded(predicted: Duration, margin: Duration) -> Duration {
+    predicted + margin.max(predicted.mul_f64(MIN_SHARE))
+}
+
 impl Calibration {
-    /// What admission multiplies its predictions by.
-    pub fn factor(&self) -> f64 {
-        f64::from_bits(self.factor.load(Ordering::Relaxed))
+    /// What admission adds to its predictions (before MIN_SHARE).
+    pub fn margin(&self) -> Duration {
+        Duration::from_nanos(self.margin.load(Ordering::Relaxed))
     }
 
     /// One admitted request took `actual`; `predicted` was its prediction.
@@ -66,26 +76,25 @@ impl Calibration {
         if predicted < MIN_PREDICTED {
             return;
         }
-        let ratio = (actual.as_secs_f64() / predicted.as_secs_f64()) as f32;
-        let mut ratios = self.ratios.lock();
-        if ratios.values.len() < WINDOW {
-            ratios.values.push(ratio);
+        let error = actual.saturating_sub(predicted).as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mut errors = self.errors.lock();
+        if errors.values.len() < WINDOW {
+            errors.values.push(error);
         } else {
-            let next = ratios.next;
-            ratios.values[next] = ratio;
+            let next = errors.next;
+            errors.values[next] = error;
         }
-        ratios.next = (ratios.next + 1) % WINDOW;
-        ratios.since += 1;
-        if ratios.since < EVERY {
+        errors.next = (errors.next + 1) % WINDOW;
+        errors.since += 1;
+        if errors.since < EVERY {
             return;
         }
-        ratios.since = 0;
-        let mut values = ratios.values.clone();
-        drop(ratios);
+        errors.since = 0;
+        let mut values = errors.values.clone();
+        drop(errors);
         let rank = ((values.len() as f64 * QUANTILE).ceil() as usize).clamp(1, values.len()) - 1;
-        let (_, &mut quantile, _) = values.select_nth_unstable_by(rank, f32::total_cmp);
-        let factor = f64::from(quantile).clamp(FLOOR, CEILING);
-        self.factor.store(factor.to_bits(), Ordering::Relaxed);
+        let (_, &mut quantile, _) = values.select_nth_unstable(rank);
+        self.margin.store(quantile, Ordering::Relaxed);
     }
 }
 
@@ -98,36 +107,40 @@ mod tests {
     }
 
     #[test]
-    fn the_factor_is_a_high_quantile_of_recent_actual_over_predicted() {
+    fn the_margin_is_a_high_quantile_of_recent_errors_whatever_the_prediction() {
         let c = Calibration::default();
-        assert_eq!(c.factor(), INITIAL);
-        // Most requests take 1.3x their prediction, two 1.6x, one 1.9x.
+        assert_eq!(c.margin(), Duration::ZERO);
+        // Requests queued behind one to four executions of 40 ms: most
+        // take 10 ms longer than predicted; two met a stalled execution
+        // (40 ms more), one two of them (80 ms more).
         for i in 0..WINDOW {
-            let actual = match i {
-                7 | 70 => ms(160),
-                99 => ms(190),
-                _ => ms(130),
+            let predicted = ms(40 * (1 + i as u64 % 4));
+            let error = match i {
+                7 | 70 => ms(40),
+                99 => ms(80),
+                _ => ms(10),
             };
-            c.record(ms(100), actual);
+            c.record(predicted, predicted + error);
         }
-        assert!((c.factor() - 1.6).abs() < 1e-6, "{}", c.factor());
-        // The machine calms down: the window forgets, down to the floor.
+        assert_eq!(c.margin(), ms(40));
+        // A queue of four (160 ms) keeps a 250 ms target; a ratio of the
+        // same requests (up to 2x for the shortest) would have refused it.
+        assert_eq!(padded(ms(160), c.margin()), ms(200));
+        // The machine calms down: the window forgets. Faster than
+        // predicted counts as no error.
         for _ in 0..WINDOW {
-            c.record(ms(100), ms(100));
+            c.record(ms(100), ms(90));
         }
-        assert_eq!(c.factor(), FLOOR);
+        assert_eq!(c.margin(), Duration::ZERO);
+        assert_eq!(padded(ms(100), c.margin()), ms(120), "never below MIN_SHARE of the prediction");
     }
 
     #[test]
-    fn tiny_predictions_teach_nothing_and_the_factor_is_bounded() {
+    fn tiny_predictions_teach_nothing() {
         let c = Calibration::default();
         for _ in 0..WINDOW {
             c.record(Duration::from_micros(20), ms(5));
         }
-        assert_eq!(c.factor(), INITIAL);
-        for _ in 0..WINDOW {
-            c.record(ms(10), ms(100));
-        }
-        assert_eq!(c.factor(), CEILING);
+        assert_eq!(c.margin(), Duration::ZERO);
     }
 }

@@ -9,6 +9,12 @@
 //! - Each size keeps its last `SAMPLES` execution times; its estimate is
 //!   their lower median, so one outlier never moves it, and two slow runs
 //!   in a row (a model that became slower) do.
+//! - A size known only from the load-time profile follows what traffic
+//!   teaches about the others: its seed is scaled by the drift, the ratio
+//!   of the latest live estimate of a seeded size to its seed. A machine
+//!   that became busier slows every size, not only the one that runs, and
+//!   comparing a live batch-1 time with a quiet profile's batch-2 time
+//!   would make batching look better than it is.
 //! - Sizes never run are interpolated linearly between the nearest sizes
 //!   that were (below the smallest: the smallest's time; above the
 //!   largest: its time per row), and the table is kept non-decreasing in
@@ -43,12 +49,15 @@ struct Samples {
     estimate: Option<u64>,
     /// The estimate the predicted table was last built from.
     built: Option<u64>,
+    /// The load-time profile's time for this size, when it ran there.
+    seed: Option<u64>,
+    /// Whether traffic ran this size (else only the seed is known).
+    live: bool,
 }
 
 impl Samples {
-    /// Adds a time; returns whether the estimate moved far enough from the
-    /// one the table was built from (REBUILD_BY) to rebuild it.
-    fn push(&mut self, ns: u64) -> bool {
+    /// Adds a time and updates the estimate.
+    fn add(&mut self, ns: u64) {
         self.times[self.next] = ns;
         self.next = (self.next + 1) % SAMPLES;
         self.len = (self.len + 1).min(SAMPLES);
@@ -57,9 +66,21 @@ impl Samples {
         sorted.sort_unstable();
         // The lower median: with two samples the smaller, so one outlier
         // needs a second before it counts.
-        let estimate = sorted[(self.len - 1) / 2];
-        self.estimate = Some(estimate);
+        self.estimate = Some(sorted[(self.len - 1) / 2]);
+    }
+
+    /// Whether the estimate moved far enough from the one the table was
+    /// built from (REBUILD_BY) to rebuild it.
+    fn push_moved(&self) -> bool {
+        let Some(estimate) = self.estimate else { return false };
         self.built.is_none_or(|built| estimate.abs_diff(built) > built / REBUILD_BY)
+    }
+
+    /// What this size is predicted to take (seconds): its own samples when
+    /// traffic ran it, else its seed scaled by `drift`.
+    fn time(&self, drift: f64) -> Option<f64> {
+        let estimate = self.estimate? as f64 / 1e9;
+        Some(if self.live { estimate } else { estimate * drift })
     }
 }
 
@@ -75,7 +96,15 @@ pub struct CostModel {
     predicted: Vec<f64>,
     /// The smallest size reaching GOOD_ENOUGH of the best rows/s.
     efficient: usize,
+    /// How much slower (above 1) traffic runs than the profile did: the
+    /// latest live estimate of a seeded size over its seed.
+    drift: f64,
+    /// The drift the predicted table was last built with.
+    built_drift: f64,
 }
+
+/// The drift's bounds: a profile further off than this is not scaled further.
+const DRIFT_BOUNDS: (f64, f64) = (0.25, 4.0);
 
 impl CostModel {
     /// A model for batches of 1..=`max_batch` rows (0 or 1: no batching).
@@ -91,7 +120,15 @@ impl CostModel {
             sizes.push(max_batch);
         }
         let samples = vec![Samples::default(); sizes.len()];
-        CostModel { max_batch, sizes, samples, predicted: Vec::new(), efficient: max_batch }
+        CostModel {
+            max_batch,
+            sizes,
+            samples,
+            predicted: Vec::new(),
+            efficient: max_batch,
+            drift: 1.0,
+            built_drift: 1.0,
+        }
     }
 
     /// Whether anything was learnt yet.
@@ -108,27 +145,49 @@ impl CostModel {
         self.sizes.partition_point(|&s| s < rows).min(self.sizes.len() - 1)
     }
 
-    /// Learns one execution of `rows` rows that took `elapsed`.
+    /// Learns one execution of `rows` rows that took `elapsed`, in traffic.
     pub fn record(&mut self, rows: usize, elapsed: Duration) {
+        let slot = self.sample(rows, elapsed);
+        let samples = &mut self.samples[slot];
+        samples.live = true;
+        let mut moved = samples.push_moved();
+        if let (Some(seed), Some(estimate)) = (samples.seed, samples.estimate) {
+            self.drift = (estimate as f64 / seed as f64).clamp(DRIFT_BOUNDS.0, DRIFT_BOUNDS.1);
+            moved |= (self.drift - self.built_drift).abs() > self.built_drift / REBUILD_BY as f64;
+        }
+        if moved {
+            self.rebuild();
+        }
+    }
+
+    /// Learns one execution of the load-time profile.
+    pub fn seed(&mut self, rows: usize, elapsed: Duration) {
+        let slot = self.sample(rows, elapsed);
+        let samples = &mut self.samples[slot];
+        samples.seed = samples.estimate;
+        let moved = samples.push_moved();
+        if moved {
+            self.rebuild();
+        }
+    }
+
+    /// Adds one execution time to its size's samples; returns the slot.
+    fn sample(&mut self, rows: usize, elapsed: Duration) -> usize {
         let rows = rows.clamp(1, self.max_batch);
         let slot = self.slot(rows);
         let ns = elapsed.as_nanos().min(u128::from(u64::MAX)) as u64;
         // Above EXACT a slot stands for a class: scale to its size.
         let scaled = (ns as f64 * self.sizes[slot] as f64 / rows as f64) as u64;
-        if self.samples[slot].push(scaled.max(1)) {
-            self.rebuild();
-        }
+        self.samples[slot].add(scaled.max(1));
+        slot
     }
 
     /// Recomputes the predicted table and the efficient size.
     fn rebuild(&mut self) {
-        let known: Vec<(usize, f64)> = self
-            .samples
-            .iter()
-            .zip(&self.sizes)
-            .filter_map(|(s, &size)| Some((size, s.estimate? as f64 / 1e9)))
-            .collect();
+        let known: Vec<(usize, f64)> =
+            self.samples.iter().zip(&self.sizes).filter_map(|(s, &size)| Some((size, s.time(self.drift)?))).collect();
         self.samples.iter_mut().for_each(|s| s.built = s.estimate);
+        self.built_drift = self.drift;
         let Some(&(first_size, first_time)) = known.first() else {
             self.predicted.clear();
             return;
@@ -293,6 +352,32 @@ mod tests {
             tiny.record(rows, Duration::from_micros(us));
         }
         assert_eq!(tiny.efficient_batch(), 8);
+    }
+
+    #[test]
+    fn sizes_known_only_from_the_profile_follow_a_slowdown_seen_in_traffic() {
+        let mut cost = CostModel::new(4);
+        for (rows, time) in [(1, 40.0), (2, 78.0), (4, 160.0)] {
+            cost.seed(rows, ms(time));
+        }
+        assert_eq!(cost.efficient_batch(), 1, "compute-bound: batching buys under 5%");
+        // Traffic runs batch 1 only, 15% slower than the profile did (a
+        // busier machine). One run is an outlier; three are a slowdown.
+        cost.record(1, ms(46.0));
+        assert!(close(predicted_ms(&cost, 2), 78.0));
+        cost.record(1, ms(46.0));
+        cost.record(1, ms(46.0));
+        assert!(close(predicted_ms(&cost, 1), 46.0));
+        assert!(close(predicted_ms(&cost, 2), 78.0 * 46.0 / 40.0), "{}", predicted_ms(&cost, 2));
+        assert!(close(predicted_ms(&cost, 4), 160.0 * 46.0 / 40.0));
+        // Batching still buys under 5%: a quiet profile of batch 2 beside a
+        // busy batch 1 would have made it look like 18%.
+        assert_eq!(cost.efficient_batch(), 1);
+        // A size that traffic ran keeps its own estimate.
+        for _ in 0..3 {
+            cost.record(2, ms(90.0));
+        }
+        assert!(close(predicted_ms(&cost, 2), 90.0), "{}", predicted_ms(&cost, 2));
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod policy;
 mod worker;
 
 use crate::error::{Error, Result};
-use crate::runtime::Session;
+use crate::runtime::{ModelThreads, Session};
 use crate::telemetry::{self, VersionMetrics, VersionStats};
 use crate::tensor::Tensor;
 use opentelemetry::trace::SpanContext;
@@ -79,6 +79,9 @@ struct Shared {
     attainable: std::sync::atomic::AtomicBool,
     /// The next job id.
     next_id: std::sync::atomic::AtomicU64,
+    /// The version's threads, moved to background priority once one
+    /// execution takes BACKGROUND_FROM or more.
+    threads: ModelThreads,
 }
 
 /// The server's own time around one execution (decode, queueing,
@@ -113,6 +116,11 @@ struct Queue {
     /// When the cost gauges are refreshed next.
     publish_at: Instant,
 }
+
+/// A version whose execution at batch 1 takes at least this long runs its
+/// threads at background priority (runtime/threads.rs): its runs are long
+/// against the fronts' work per request, which then goes first.
+pub const BACKGROUND_FROM: Duration = Duration::from_millis(1);
 
 /// How often the cost gauges are refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
@@ -150,6 +158,7 @@ impl Scheduler {
         }
         let cost_gauges = telemetry::CostGauges::new(&labels.model, &labels.version, &jobs.cost().classes());
         let instances = sessions.len();
+        let threads = sessions.first().map_or_else(|| ModelThreads::new(String::new()), |s| s.threads().clone());
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue { jobs, closed: false, publish_at: Instant::now() + PUBLISH_EVERY }),
             wake: Condvar::new(),
@@ -165,6 +174,7 @@ impl Scheduler {
             calibration: calibrate::Calibration::default(),
             attainable: std::sync::atomic::AtomicBool::new(true),
             next_id: std::sync::atomic::AtomicU64::new(0),
+            threads,
         });
         shared.publish_cost(&shared.queue.lock().jobs);
         for index in 0..instances {
@@ -209,7 +219,7 @@ impl Scheduler {
                 deadline: placement.deadline,
                 admit_by,
             };
-            queue.jobs.set_safety(self.shared.calibration.factor());
+            queue.jobs.set_margin(self.shared.calibration.margin());
             match queue.jobs.push(job, arrival, now) {
                 Ok(prediction) => predicted = prediction.filter(|_| self.shared.admission),
                 Err((_, refusal)) => {
@@ -303,6 +313,13 @@ impl Scheduler {
         latency_target(self.shared.slo, self.shared.queue.lock().jobs.cost().predict(1))
     }
 
+    /// What admission adds to its predictions (calibrate.rs), and the
+    /// batch size the queue aims for under load (the cost model's efficient
+    /// size within the config's hints).
+    pub fn admission_figures(&self) -> (Duration, usize) {
+        (self.shared.calibration.margin(), self.shared.queue.lock().jobs.batch_size_aimed())
+    }
+
     /// The predicted execution time per power-of-two batch size class.
     pub fn execution_costs(&self) -> Vec<(usize, Option<Duration>)> {
         let queue = self.shared.queue.lock();
@@ -385,9 +402,18 @@ impl Shared {
         }
     }
 
-    /// Exports the cost model's predictions and whether the SLO is attainable.
+    /// Exports the cost model's predictions and whether the SLO is
+    /// attainable, and moves a version that became heavy to the background.
     fn publish_cost(&self, jobs: &BatchQueue<Job>) {
         let cost = jobs.cost();
+        if !self.threads.is_background() && cost.predict(1).is_some_and(|single| single >= BACKGROUND_FROM) {
+            self.threads.background();
+            tracing::debug!(
+                model = %self.labels.model,
+                version = %self.labels.version,
+                "one execution takes a millisecond or more: the model's threads run at background priority"
+            );
+        }
         let classes = cost.classes().into_iter().map(|rows| cost.predict(rows));
         let (_, attainable) = latency_target(self.slo, cost.predict(1));
         self.attainable.store(attainable, std::sync::atomic::Ordering::Relaxed);

@@ -27,8 +27,8 @@
 //! - Admission (`push` with a target): a request is refused at once when
 //!   its predicted completion (work ahead of it at its priority or higher,
 //!   the running batches' remainder, its own execution; spread over the
-//!   instances), scaled by the learnt safety factor (calibrate.rs), would
-//!   end after its target. Never while an instance is idle and nothing is
+//!   instances), with the learnt margin added (calibrate.rs), would end
+//!   after its target. Never while an instance is idle and nothing is
 //!   queued ahead of it.
 //! - Without batching (`max_batch_size` 0) each request runs alone.
 
@@ -116,9 +116,9 @@ pub struct BatchQueue<J> {
     arrivals: Arrivals,
     /// Per instance: the batch it runs, if any.
     running: Vec<Option<Running>>,
-    /// Predicted completions are multiplied by this before they are
-    /// compared with a target (calibrate.rs).
-    safety: f64,
+    /// Added to predicted completions before they are compared with a
+    /// target (calibrate.rs).
+    margin: Duration,
     /// The latest executions in a row that took at most RUN_HERE_LIMIT.
     quick_streak: u32,
 }
@@ -144,7 +144,7 @@ impl<J> BatchQueue<J> {
             len: 0,
             arrivals: Arrivals::default(),
             running: vec![None; policy.instances],
-            safety: calibrate::INITIAL,
+            margin: Duration::ZERO,
             quick_streak: 0,
             policy,
         }
@@ -177,6 +177,11 @@ impl<J> BatchQueue<J> {
         preferred.unwrap_or(efficient).min(self.full_size()).max(1)
     }
 
+    /// The batch size aimed for under load (target_size), for the statistics.
+    pub fn batch_size_aimed(&self) -> usize {
+        self.target_size()
+    }
+
     /// Predicts how long after `now` a request of `rows` rows at `level`
     /// would complete if queued now; None while the cost is unknown.
     /// Constant time in the queue's length.
@@ -197,15 +202,15 @@ impl<J> BatchQueue<J> {
         Some((before + cost.predict(last_rows)?, ahead))
     }
 
-    /// The factor admission multiplies predictions by (calibrate.rs).
-    pub fn set_safety(&mut self, factor: f64) {
-        self.safety = factor;
+    /// The margin admission adds to predictions (calibrate.rs).
+    pub fn set_margin(&mut self, margin: Duration) {
+        self.margin = margin;
     }
 
     /// Queues a request and returns its predicted completion (from now),
     /// when the cost is known. Refuses it when its level's queue is full,
-    /// or when `admit_by` is set and its predicted completion (times the
-    /// safety factor) would fall after it.
+    /// or when `admit_by` is set and its predicted completion (with the
+    /// margin) would fall after it.
     pub fn push(&mut self, job: J, arrival: Arrival, now: Instant) -> Result<Option<Duration>, (J, Refusal)> {
         let level = arrival.level.min(self.levels.len() - 1);
         let limit = self.policy.max_queue_size[level];
@@ -214,10 +219,10 @@ impl<J> BatchQueue<J> {
         }
         let prediction = self.predict(arrival.rows, level, now);
         if let (Some(admit_by), Some((predicted, rows_ahead))) = (arrival.admit_by, prediction)
-            && now + predicted.mul_f64(self.safety) > admit_by
+            && now + calibrate::padded(predicted, self.margin) > admit_by
             && !(rows_ahead == 0 && self.running.iter().any(Option::is_none))
         {
-            return Err((job, Refusal::Late { predicted: predicted.mul_f64(self.safety), rows_ahead }));
+            return Err((job, Refusal::Late { predicted: calibrate::padded(predicted, self.margin), rows_ahead }));
         }
         let inside = self.len + self.running_requests() + 1;
         self.arrivals.arrived(now, arrival.rows, inside);
@@ -275,7 +280,7 @@ impl<J> BatchQueue<J> {
 
     /// Seeds the cost model (the load-time profile).
     pub fn learn(&mut self, rows: usize, elapsed: Duration) {
-        self.cost.record(rows, elapsed);
+        self.cost.seed(rows, elapsed);
     }
 
     /// Removes the entry at (level, index), keeping the row counts.
@@ -778,31 +783,31 @@ mod tests {
         let batch = run(next(&mut q, t));
         q.started(0, t, batch.len(), batch.len());
         // Running 10 ms; four rows queued next run 10 ms more: a fifth
-        // needs a third batch, 30 ms (times the safety factor) from now.
-        q.set_safety(1.1);
+        // needs a third batch, 30 ms (plus the 8 ms margin) from now.
+        q.set_margin(ms(8));
         for id in 1..=4 {
-            q.push(id, by(25), t).unwrap();
+            q.push(id, by(30), t).unwrap();
         }
-        assert!(matches!(q.push(5, by(32), t), Err((5, Refusal::Late { rows_ahead: 4, .. }))));
-        q.push(5, by(34), t).unwrap();
+        assert!(matches!(q.push(5, by(37), t), Err((5, Refusal::Late { rows_ahead: 4, .. }))));
+        q.push(5, by(38), t).unwrap();
         // Half the running batch later, a third batch ends 5 ms sooner:
-        // 5 + 10 + 10 ms, times 1.1, from t + 5 ms.
+        // 5 + 10 + 10 ms, plus 8, from t + 5 ms.
         let later = t + ms(5);
-        assert!(matches!(q.push(6, by(32), later), Err((6, Refusal::Late { rows_ahead: 5, .. }))));
-        assert!(q.push(6, by(33), later).is_ok());
+        assert!(matches!(q.push(6, by(37), later), Err((6, Refusal::Late { rows_ahead: 5, .. }))));
+        assert!(q.push(6, by(38), later).is_ok());
     }
 
     #[test]
     fn under_overload_lower_priority_is_refused_first() {
         let t = Instant::now();
         let mut q = costed(Policy { max_queue_size: vec![0, 0], ..policy(1, &[], 0) }, ms(10), Duration::ZERO);
-        q.set_safety(1.1);
+        q.set_margin(ms(2));
         q.started(0, t, 1, 1);
-        let at = |level| Arrival { level, admit_by: Some(t + ms(45)), ..one(1) };
+        let at = |level| Arrival { level, admit_by: Some(t + ms(50)), ..one(1) };
         for id in 0..3 {
-            q.push(id, at(1), t).unwrap(); // 20, 30, 40 ms: admitted
+            q.push(id, at(1), t).unwrap(); // 20, 30, 40 ms (24, 36, 48 padded): admitted
         }
-        assert!(matches!(q.push(9, at(1), t), Err((_, Refusal::Late { .. }))), "low: 50 ms");
+        assert!(matches!(q.push(9, at(1), t), Err((_, Refusal::Late { .. }))), "low: 50 ms, 60 padded");
         // The high level sees only its own work ahead of it.
         for id in 10..13 {
             q.push(id, at(0), t).unwrap();

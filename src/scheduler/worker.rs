@@ -19,6 +19,8 @@ pub(super) struct Worker {
 
 impl Worker {
     pub fn run(self) {
+        let threads = self.shared.threads.clone();
+        let _member = threads.enter();
         let mut expired = Vec::new();
         while let Some(jobs) = self.next_batch(&mut expired) {
             answer_expired(expired.drain(..));

@@ -1,0 +1,190 @@
+//! The threads that execute one model version: ONNX Runtime's pool threads
+//! (spawned through `ModelThreads`, ONNX Runtime's custom thread hook) and
+//! the version's instance threads, which take part in every run.
+//!
+//! A model whose executions take milliseconds keeps every core busy while
+//! it runs, and its threads always have work; the fronts' work per request
+//! (decoding, refusing, answering) is short. Once `background` is called,
+//! every thread of the version runs at a lower priority (a nice increment
+//! of `BACKGROUND_NICE`): on a saturated machine a request is then decoded,
+//! refused or answered at once instead of waiting for a model thread's time
+//! slice, and the model still gets every cycle the fronts leave. Models of
+//! microseconds are never lowered: their instance thread is on every
+//! request's path, and lowering it cost them 2-3x throughput under a load
+//! generator sharing the cores.
+
+use parking_lot::Mutex;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// How much lower than the server's other threads a heavy model runs.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// The registry of one version's threads. Cheap to clone; every clone is
+/// the same registry.
+#[derive(Clone)]
+pub struct ModelThreads(Arc<Inner>);
+
+struct Inner {
+    /// The name given to pool threads (Linux keeps 15 bytes of it).
+    name: String,
+    /// Kernel thread ids of the threads alive now.
+    tids: Mutex<Vec<i32>>,
+    background: AtomicBool,
+}
+
+/// A thread's membership; leaving the registry when dropped.
+pub struct Member {
+    threads: ModelThreads,
+    tid: i32,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.threads.0.tids.lock().retain(|&t| t != self.tid);
+    }
+}
+
+impl ModelThreads {
+    /// `name` names the pool threads, e.g. `mlp-1-pool`.
+    pub fn new(name: String) -> Self {
+        ModelThreads(Arc::new(Inner { name, tids: Mutex::new(Vec::new()), background: AtomicBool::new(false) }))
+    }
+
+    /// Registers the calling thread until the returned member is dropped;
+    /// it runs at background priority when the version already does.
+    pub fn enter(&self) -> Member {
+        let tid = current_tid();
+        let mut tids = self.0.tids.lock();
+        tids.push(tid);
+        if self.0.background.load(Ordering::Acquire) {
+            lower(tid);
+        }
+        Member { threads: self.clone(), tid }
+    }
+
+    /// Moves every thread of the version, now and later, to background
+    /// priority. Once: an unprivileged process cannot raise it again.
+    pub fn background(&self) {
+        let tids = self.0.tids.lock();
+        if self.0.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for &tid in tids.iter() {
+            lower(tid);
+        }
+    }
+
+    pub fn is_background(&self) -> bool {
+        self.0.background.load(Ordering::Acquire)
+    }
+
+    /// Threads registered now.
+    #[cfg(test)]
+    fn count(&self) -> usize {
+        self.0.tids.lock().len()
+    }
+}
+
+impl ort::environment::ThreadManager for ModelThreads {
+    type Thread = JoinHandle<()>;
+
+    fn create(&self, work: impl FnOnce() + Send + 'static) -> ort::Result<Self::Thread> {
+        let threads = self.clone();
+        std::thread::Builder::new()
+            .name(self.0.name.clone())
+            .spawn(move || {
+                let _member = threads.enter();
+                work();
+            })
+            .map_err(|e| ort::Error::new(format!("spawning an ONNX Runtime pool thread: {e}")))
+    }
+
+    fn join(thread: Self::Thread) -> ort::Result<()> {
+        thread.join().map_err(|_| ort::Error::new("an ONNX Runtime pool thread panicked"))
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn current_tid() -> i32 {
+    unsafe extern "C" {
+        fn gettid() -> i32;
+    }
+    // SAFETY: a plain system call without arguments.
+    unsafe { gettid() }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn current_tid() -> i32 {
+    0
+}
+
+/// Adds BACKGROUND_NICE to thread `tid`'s nice value. Failure only logs:
+/// the model still runs, at normal priority.
+fn lower(tid: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn setpriority(which: i32, who: u32, prio: i32) -> i32;
+            fn getpriority(which: i32, who: u32) -> i32;
+        }
+        const PRIO_PROCESS: i32 = 0;
+        // SAFETY: plain system calls on a thread id of this process.
+        let failed = unsafe {
+            let current = getpriority(PRIO_PROCESS, tid as u32);
+            setpriority(PRIO_PROCESS, tid as u32, (current + BACKGROUND_NICE).min(19)) != 0
+        };
+        if failed {
+            tracing::debug!(tid, "could not lower the priority of a model thread");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tid;
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    fn nice_of(tid: i32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("own task");
+        // Field 19 is the nice value; the command name (field 2) may hold spaces.
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        after.split(' ').nth(16).expect("nice field").parse().expect("a number")
+    }
+
+    #[test]
+    fn members_are_lowered_when_the_version_goes_to_the_background_and_leave_when_done() {
+        let threads = ModelThreads::new("test-pool".into());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let early = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _member = threads.enter();
+                tid_tx.send(current_tid()).unwrap();
+                go_rx.recv().unwrap();
+            })
+        };
+        let early_tid = tid_rx.recv().unwrap();
+        let before = nice_of(early_tid);
+        assert_eq!(threads.count(), 1);
+        threads.background();
+        assert!(threads.is_background());
+        assert_eq!(nice_of(early_tid), (before + BACKGROUND_NICE).min(19), "a member is lowered at once");
+        // A thread that joins later starts lowered; a second call changes nothing.
+        threads.background();
+        let late = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _member = threads.enter();
+                nice_of(current_tid())
+            })
+        };
+        assert_eq!(late.join().unwrap(), (before + BACKGROUND_NICE).min(19));
+        go_tx.send(()).unwrap();
+        early.join().unwrap();
+        assert_eq!(threads.count(), 0, "members leave when they end");
+    }
+}
