@@ -10,6 +10,7 @@ mod grpc_support;
 
 use common::{Server, test_models};
 use ferroserve::pb;
+use grpc_support::raw;
 use grpc_support::*;
 use std::time::Duration;
 use tonic::Code;
@@ -67,6 +68,45 @@ async fn the_cost_model_is_seeded_at_load_and_exported() {
     let admission = &stats["model_stats"][0]["admission"];
     assert!(admission["margin_seconds"].as_f64().is_some_and(|m| m >= 0.0), "{stats}");
     assert!(admission["batch_size_aimed"].as_u64().is_some_and(|b| (1..=4).contains(&b)), "{stats}");
+}
+
+#[tokio::test]
+async fn a_large_request_predicted_late_is_refused_from_its_first_bytes() {
+    let repo = tempfile::tempdir().unwrap();
+    slow_model(repo.path(), "slow", &format!("dynamic_batching {{ }}\n{}", parameter("slo_latency_seconds", "0.05")));
+    let server = Server::start(repo.path(), &[]);
+    let mut client = server.grpc_client().await;
+    teach_slow(&mut client, "slow").await;
+    let busy = occupy_instance(&server, &client, "slow", SLOW).await;
+    // A 1 MiB message of which only the first 4 KiB are ever sent: the
+    // model, the first input's shape, and the start of its tensors. An
+    // answer at all means the server decided from the head.
+    let mut message = slow_batch_request("slow", &[0], 1.0);
+    message.raw_input_contents.push(vec![0u8; 1 << 20].into());
+    let framed = raw::framed(&message);
+    let (mut h2, _driver) = raw::connect(&server.grpc).await;
+    let mut ready = h2.clone().ready().await.unwrap();
+    let (response, mut stream) = ready.send_request(raw::head(raw::MODEL_INFER, &[]), false).unwrap();
+    stream.send_data(framed.slice(..4096), false).unwrap();
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), raw::answer(response))
+        .await
+        .expect("refused before the rest of the body arrived");
+    assert!(started.elapsed() < Duration::from_millis(150), "refused after {:?}", started.elapsed());
+    assert_eq!(answer.status, "8", "RESOURCE_EXHAUSTED: {}", answer.message);
+    assert!(answer.message.contains("latency%20target"), "{}", answer.message); // grpc-message is percent-encoded
+    assert_eq!(answer.headers.get("grpc-retry-pushback-ms").map(|v| v.to_str().unwrap()), Some("100"));
+    drop(stream);
+    // The same request whole, once the instance is free, is answered.
+    busy.await.unwrap().expect("the busy request is answered");
+    let answer = raw::call(&mut h2, raw::head(raw::MODEL_INFER, &[]), &[framed]).await;
+    assert_ne!(answer.status, "8", "admitted when it can finish in time: {}", answer.message);
+    // Counted as any refusal: shed for its SLO, and a request of the version.
+    let body = metrics(&server).await;
+    let shed = metric(&body, "ferroserve_shed_total{model=\"slow\",version=\"1\",reason=\"slo\"}");
+    assert_eq!(shed, Some(1.0), "{body}");
+    let refused = metric(&body, "ferroserve_requests_total{model=\"slow\",version=\"1\",code=\"overloaded\"}");
+    assert_eq!(refused, Some(1.0), "{body}");
 }
 
 /// The nice value of the server's thread named `name`, if it has one now.

@@ -161,6 +161,11 @@ impl VersionBreaker {
         }
     }
 
+    /// Whether the breaker lets every call through (neither open nor probing).
+    pub fn is_closed(&self) -> bool {
+        matches!(self.breaker.lock().state(), breaker::State::Closed)
+    }
+
     /// Lets a call through, or refuses it UNAVAILABLE while the breaker is open.
     pub fn try_acquire(&self) -> Result<BreakerTicket<'_>> {
         let mut breaker = self.breaker.lock();

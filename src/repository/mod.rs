@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How long an unload waits for the model's requests to finish before it
 /// answers.
@@ -601,15 +601,8 @@ impl Repository {
             },
         };
         let elapsed = started.elapsed();
-        match &result {
-            Ok(_) => version.stats.success.add(elapsed),
-            Err(_) => version.stats.fail.add(elapsed),
-        }
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
-        version.metrics.record_request(code, elapsed);
-        if let Some(slo) = slo {
-            slo.record(Instant::now(), elapsed, code);
-        }
+        record_outcome(&version, slo.as_deref(), code, elapsed);
         if let Some(canary) = canary {
             // The model's own failures count; the client's mistakes do not.
             let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
@@ -620,6 +613,27 @@ impl Repository {
             }
         }
         result
+    }
+
+    /// The refusal a ModelInfer whose body has not arrived yet would get,
+    /// from its head (api/grpc/early.rs): the model, the version asked for,
+    /// the first input's shape and the call's deadline. Counted as the whole
+    /// request would be. None, to read the request whole, unless a version
+    /// is known and its admission would refuse it now; a model with a
+    /// canary split, a server that is draining or at its in-flight cap
+    /// decide as usual.
+    pub fn refusal_now(&self, model: &str, version: &str, shape: &[i64], deadline: Option<Instant>) -> Option<Error> {
+        let started = Instant::now();
+        if self.draining.load(Ordering::Relaxed) {
+            return None;
+        }
+        let Routed { version, canary, slo, .. } = self.route(model, version, false).ok()?;
+        if canary.is_some() {
+            return None;
+        }
+        let error = version.refusal_now(shape, deadline)?;
+        record_outcome(&version, slo.as_deref(), error.code(), started.elapsed());
+        Some(error)
     }
 
     /// Counts a request refused before it reached a version. Metric labels
@@ -648,5 +662,19 @@ impl Repository {
     /// The completed config of a version (for ModelConfig).
     pub fn config(&self, name: &str, version: &str) -> Result<pb::ModelConfig> {
         Ok(self.get(name, version)?.config.clone())
+    }
+}
+
+/// Records how a request that reached `version` ended: its statistics,
+/// `ferroserve_requests_total` and the model's SLO.
+fn record_outcome(version: &ModelVersion, slo: Option<&SloTracker>, code: &'static str, elapsed: Duration) {
+    if code == "ok" {
+        version.stats.success.add(elapsed);
+    } else {
+        version.stats.fail.add(elapsed);
+    }
+    version.metrics.record_request(code, elapsed);
+    if let Some(slo) = slo {
+        slo.record(Instant::now(), elapsed, code);
     }
 }

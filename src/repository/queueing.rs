@@ -91,8 +91,20 @@ impl Queueing {
     /// queue: the earlier of the client's deadline and the level's queue
     /// policy timeout.
     pub fn deadline(&self, now: Instant, request: &InferRequest, level: usize) -> Option<Instant> {
+        self.deadline_of(now, request.deadline, request.timeout, level)
+    }
+
+    /// `deadline` for a request whose own deadline is `asked_deadline` and
+    /// whose `timeout` parameter is `asked_timeout`.
+    pub fn deadline_of(
+        &self,
+        now: Instant,
+        asked_deadline: Option<Instant>,
+        asked_timeout: Option<Duration>,
+        level: usize,
+    ) -> Option<Instant> {
         let rules = self.timeouts[level.min(self.timeouts.len() - 1)];
-        let timeout = match (rules.default_timeout, request.timeout) {
+        let timeout = match (rules.default_timeout, asked_timeout) {
             (Some(default), Some(asked)) if rules.allow_override => Some(asked.min(default)),
             (Some(default), _) => Some(default),
             // No queue policy timeout: the request's own applies.
@@ -100,7 +112,7 @@ impl Queueing {
         };
         let queue_deadline =
             timeout.filter(|_| rules.reject_on_timeout || rules.default_timeout.is_none()).map(|t| now + t);
-        match (request.deadline, queue_deadline) {
+        match (asked_deadline, queue_deadline) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

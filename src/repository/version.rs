@@ -280,6 +280,24 @@ impl ModelVersion {
         })
     }
 
+    /// The refusal admission would give a request of this version whose
+    /// first input has `shape` and whose deadline is `deadline`, if it came
+    /// now (counted as shed); None when it would be queued, or when the
+    /// shape says nothing of its rows. For a request whose body has not
+    /// arrived yet (api/grpc/early.rs); priority and timeout parameters are
+    /// not known there, so it takes the default level.
+    pub fn refusal_now(&self, shape: &[i64], deadline: Option<Instant>) -> Option<Error> {
+        let rows = if self.queueing.policy.max_batch_size > 0 { usize::try_from(*shape.first()?).ok()? } else { 1 };
+        if rows == 0 || !self.breaker.is_closed() {
+            return None;
+        }
+        let level = self.queueing.level(None).ok()?;
+        let now = Instant::now();
+        let deadline = deadline.or_else(|| self.request_timeout.map(|t| now + t));
+        let deadline = self.queueing.deadline_of(now, deadline, None, level);
+        self.scheduler.refusal_now(Placement { rows, group: 0, level, deadline })
+    }
+
     /// What RepositoryIndex says of the version's SLO when it cannot be met
     /// at all: one execution at batch 1 takes longer than the threshold.
     pub fn slo_note(&self) -> Option<String> {

@@ -209,22 +209,12 @@ impl Scheduler {
             if queue.closed {
                 return Err(Error::Unavailable("the model version is unloading".into()));
             }
-            let (target, _) = latency_target(self.shared.slo, queue.jobs.cost().predict(1));
-            let by_slo = now + target;
-            let admit_by = self.shared.admission.then(|| placement.deadline.map_or(by_slo, |d| d.min(by_slo)));
-            let arrival = Arrival {
-                rows: placement.rows,
-                group: placement.group,
-                level: placement.level,
-                deadline: placement.deadline,
-                admit_by,
-            };
-            queue.jobs.set_margin(self.shared.calibration.margin());
+            let (arrival, target) = self.arrival(&mut queue, &placement, now);
             match queue.jobs.push(job, arrival, now) {
                 Ok(prediction) => predicted = prediction.filter(|_| self.shared.admission),
                 Err((_, refusal)) => {
                     drop(queue);
-                    return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < by_slo), target));
+                    return Err(self.refused(refusal, placement.deadline.is_some_and(|d| d < now + target), target));
                 }
             }
             run_here = self.shared.take_batch_here(&mut queue, placement.rows, now, &mut expired);
@@ -276,6 +266,39 @@ impl Scheduler {
             self.shared.calibration.record(predicted, now.elapsed());
         }
         result.map_err(|_| Error::internal("the model instance stopped before answering"))?
+    }
+
+    /// The request as the queue sees it (its admission bound from the
+    /// deadline and the latency target), and the latency target.
+    fn arrival(&self, queue: &mut Queue, placement: &Placement, now: Instant) -> (Arrival, Duration) {
+        let (target, _) = latency_target(self.shared.slo, queue.jobs.cost().predict(1));
+        let by_slo = now + target;
+        let admit_by = self.shared.admission.then(|| placement.deadline.map_or(by_slo, |d| d.min(by_slo)));
+        queue.jobs.set_margin(self.shared.calibration.margin());
+        let arrival = Arrival {
+            rows: placement.rows,
+            group: placement.group,
+            level: placement.level,
+            deadline: placement.deadline,
+            admit_by,
+        };
+        (arrival, target)
+    }
+
+    /// The refusal a request placed so would get if it came now, counted
+    /// as shed as `submit` counts it; None when it would be queued. Nothing
+    /// is queued: the request's body has not arrived yet (api/grpc/early.rs).
+    pub fn refusal_now(&self, placement: Placement) -> Option<Error> {
+        let now = Instant::now();
+        let (refusal, target) = {
+            let mut queue = self.shared.queue.lock();
+            if queue.closed {
+                return None;
+            }
+            let (arrival, target) = self.arrival(&mut queue, &placement, now);
+            (queue.jobs.admit(&arrival, now).err()?, target)
+        };
+        Some(self.refused(refusal, placement.deadline.is_some_and(|d| d < now + target), target))
     }
 
     /// Counts and words a refusal; `by_deadline` when the request's own

@@ -213,22 +213,33 @@ impl<J> BatchQueue<J> {
     /// margin) would fall after it.
     pub fn push(&mut self, job: J, arrival: Arrival, now: Instant) -> Result<Option<Duration>, (J, Refusal)> {
         let level = arrival.level.min(self.levels.len() - 1);
+        let prediction = match self.admit(&arrival, now) {
+            Ok(prediction) => prediction,
+            Err(refusal) => return Err((job, refusal)),
+        };
+        let inside = self.len + self.running_requests() + 1;
+        self.arrivals.arrived(now, arrival.rows, inside);
+        self.levels[level].push_back(Entry { job, arrival: Arrival { level, ..arrival }, enqueued: now });
+        self.level_rows[level] += arrival.rows;
+        self.len += 1;
+        Ok(prediction)
+    }
+
+    /// Whether a request would be queued now (`push`'s checks, without
+    /// queueing it): its predicted completion when known, or why not.
+    pub fn admit(&self, arrival: &Arrival, now: Instant) -> Result<Option<Duration>, Refusal> {
+        let level = arrival.level.min(self.levels.len() - 1);
         let limit = self.policy.max_queue_size[level];
         if limit > 0 && self.levels[level].len() >= limit {
-            return Err((job, Refusal::QueueFull(limit)));
+            return Err(Refusal::QueueFull(limit));
         }
         let prediction = self.predict(arrival.rows, level, now);
         if let (Some(admit_by), Some((predicted, rows_ahead))) = (arrival.admit_by, prediction)
             && now + calibrate::padded(predicted, self.margin) > admit_by
             && !(rows_ahead == 0 && self.running.iter().any(Option::is_none))
         {
-            return Err((job, Refusal::Late { predicted: calibrate::padded(predicted, self.margin), rows_ahead }));
+            return Err(Refusal::Late { predicted: calibrate::padded(predicted, self.margin), rows_ahead });
         }
-        let inside = self.len + self.running_requests() + 1;
-        self.arrivals.arrived(now, arrival.rows, inside);
-        self.levels[level].push_back(Entry { job, arrival: Arrival { level, ..arrival }, enqueued: now });
-        self.level_rows[level] += arrival.rows;
-        self.len += 1;
         Ok(prediction.map(|(predicted, _)| predicted))
     }
 

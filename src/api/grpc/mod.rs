@@ -3,6 +3,7 @@
 //! (v1 and v1alpha) so grpcurl and ghz work without a .proto.
 
 mod contents;
+mod early;
 mod health;
 mod service;
 mod unary;

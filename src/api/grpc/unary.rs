@@ -18,7 +18,13 @@
 //! algorithm in `grpc-accept-encoding` on every call, and deflating each
 //! answer of a few hundred bytes cost more CPU than the rest of the call.
 //! Triton's server, too, answers uncompressed unless told otherwise.
+//!
+//! A large uncompressed message is tested against admission from its head,
+//! as soon as its first bytes are here (early.rs): a refusal goes out
+//! before the rest of the body arrives, and the stream is then reset with
+//! NO_ERROR, which tells the client to stop sending (RFC 9113 §8.1).
 
+use super::early;
 use super::service::{grpc_deadline, traced_infer};
 use crate::api::gather::Gathered;
 use crate::api::grpc_status;
@@ -45,6 +51,12 @@ pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// The length-prefixed message framing: a compressed flag and a big-endian
 /// length.
 const PREFIX: usize = 5;
+
+/// A message at least this long is tested against admission from its head
+/// before the rest arrives; a shorter one arrives in one piece anyway.
+const EARLY_FROM: usize = 64 << 10;
+/// The head is looked for only within this many first bytes.
+const HEAD_WITHIN: usize = 4 << 10;
 
 const ENCODING: &str = "grpc-encoding";
 const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
@@ -113,7 +125,15 @@ where
 {
     let (parts, body) = request.into_parts();
     let limit = state.config.max_message_bytes;
-    let message = match read_message(body, limit, codec).await {
+    let deadline = grpc_deadline(&parts.headers);
+    let refusal = |head: &[u8]| match early::head(head) {
+        None => Early::NoHead,
+        Some(head) => match state.repository.refusal_now(head.model, head.version, &head.shape, deadline) {
+            Some(error) => Early::Refused(grpc_status(error)),
+            None => Early::Admitted,
+        },
+    };
+    let message = match read_message(body, limit, codec, refusal).await {
         Ok((message, Some(codec))) => {
             match inflate::inflate(codec, &message, state.config.inflate_bounds(), "request message") {
                 Ok(inflated) => Bytes::from(inflated),
@@ -130,7 +150,6 @@ where
         }
     };
     let span = RequestSpan::start("grpc", || Incoming::from_headers(&parts.headers));
-    let deadline = grpc_deadline(&parts.headers);
     let answer = match traced_infer(&state.repository, span, message, deadline).await {
         Ok(response) => super::encode_response(response),
         Err(e) => return Ok(grpc_status(e).into_http()),
@@ -141,11 +160,26 @@ where
     })
 }
 
+/// What admission says of a message from its first bytes.
+enum Early {
+    /// They do not hold its head (yet).
+    NoHead,
+    Admitted,
+    Refused(Status),
+}
+
 /// Reads the whole request body and returns its one message, and the codec
 /// to inflate it with when it is flagged compressed. The body is read to
 /// its end, so a client's END_STREAM has arrived before the answer goes out
-/// (an answer ahead of it makes the server reset the stream).
-async fn read_message<B>(body: B, limit: usize, codec: Option<Codec>) -> Result<(Bytes, Option<Codec>), Status>
+/// (an answer ahead of it makes the server reset the stream), except when
+/// `refusal`, given the first bytes of a large uncompressed message,
+/// refuses it.
+async fn read_message<B>(
+    body: B,
+    limit: usize,
+    codec: Option<Codec>,
+    mut refusal: impl FnMut(&[u8]) -> Early,
+) -> Result<(Bytes, Option<Codec>), Status>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
@@ -153,6 +187,7 @@ where
     let mut body = std::pin::pin!(body);
     // Most messages arrive in one DATA frame: kept as it came, no copy.
     let mut gathered = Gathered::default();
+    let mut look_for_head = true;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| Status::cancelled(format!("the request body could not be read: {e}")))?;
         let Ok(data) = frame.into_data() else { continue }; // trailers
@@ -171,6 +206,16 @@ where
             }
             if received > PREFIX + length {
                 return Err(Status::invalid_argument("a unary call carries exactly one message; more followed it"));
+            }
+            if look_for_head && (head[0] != 0 || length < EARLY_FROM || received >= PREFIX + length) {
+                look_for_head = false;
+            }
+            if look_for_head {
+                match refusal(&head[PREFIX..]) {
+                    Early::Refused(status) => return Err(status),
+                    Early::Admitted => look_for_head = false,
+                    Early::NoHead => look_for_head = received < PREFIX + HEAD_WITHIN,
+                }
             }
         }
     }
@@ -297,7 +342,8 @@ mod tests {
     }
 
     fn read(chunks: Vec<Vec<u8>>, limit: usize) -> Result<Bytes, Status> {
-        futures::executor::block_on(read_message(chunked(chunks), limit, None)).map(|(message, _)| message)
+        futures::executor::block_on(read_message(chunked(chunks), limit, None, |_| Early::NoHead))
+            .map(|(message, _)| message)
     }
 
     #[test]
