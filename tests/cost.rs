@@ -70,14 +70,27 @@ async fn the_cost_model_is_seeded_at_load_and_exported() {
     assert!(admission["batch_size_aimed"].as_u64().is_some_and(|b| (1..=4).contains(&b)), "{stats}");
 }
 
-#[tokio::test]
-async fn a_large_request_predicted_late_is_refused_from_its_first_bytes() {
+/// A server whose `slow` model (200 ms a request, learnt) has a 50 ms SLO
+/// it cannot meet, so admission aims at twice one execution (about 400 ms)
+/// instead; its only instance is kept busy by the returned call.
+async fn slow_model_kept_busy() -> (
+    tempfile::TempDir,
+    Server,
+    common::GrpcClient,
+    tokio::task::JoinHandle<Result<tonic::Response<pb::ModelInferResponse>, tonic::Status>>,
+) {
     let repo = tempfile::tempdir().unwrap();
     slow_model(repo.path(), "slow", &format!("dynamic_batching {{ }}\n{}", parameter("slo_latency_seconds", "0.05")));
     let server = Server::start(repo.path(), &[]);
     let mut client = server.grpc_client().await;
     teach_slow(&mut client, "slow").await;
     let busy = occupy_instance(&server, &client, "slow", SLOW).await;
+    (repo, server, client, busy)
+}
+
+#[tokio::test]
+async fn a_large_request_predicted_late_is_refused_from_its_first_bytes() {
+    let (_repo, server, _client, busy) = slow_model_kept_busy().await;
     // A 1 MiB message of which only the first 4 KiB are ever sent: the
     // model, the first input's shape, and the start of its tensors. An
     // answer at all means the server decided from the head.
@@ -145,15 +158,7 @@ async fn a_model_whose_runs_take_milliseconds_runs_its_threads_below_the_fronts(
 
 #[tokio::test]
 async fn requests_predicted_late_are_refused_at_once_naming_the_reason() {
-    let repo = tempfile::tempdir().unwrap();
-    // A 50 ms SLO the 200 ms model cannot meet: admission aims at twice
-    // one execution (about 400 ms) instead, and says so.
-    slow_model(repo.path(), "slow", &format!("dynamic_batching {{ }}\n{}", parameter("slo_latency_seconds", "0.05")));
-    let server = Server::start(repo.path(), &[]);
-    let mut client = server.grpc_client().await;
-    teach_slow(&mut client, "slow").await;
-
-    let busy = occupy_instance(&server, &client, "slow", SLOW).await;
+    let (_repo, server, mut client, busy) = slow_model_kept_busy().await;
     // Behind 200 ms of work, 200 ms more (plus the margin) misses
     // the ~400 ms target: refused at once, reason slo.
     let started = std::time::Instant::now();
