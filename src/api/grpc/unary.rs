@@ -21,8 +21,11 @@
 //!
 //! A large uncompressed message is tested against admission from its head,
 //! as soon as its first bytes are here (early.rs): a refusal goes out
-//! before the rest of the body arrives, and the stream is then reset with
-//! NO_ERROR, which tells the client to stop sending (RFC 9113 §8.1).
+//! before the rest of the body arrives, and the rest is read and dropped
+//! by a task of its own until the client ends the stream. Resetting the
+//! stream instead (NO_ERROR, RFC 9113 §8.1) would count against h2's limit
+//! of locally reset streams per connection, which closes the connection,
+//! and every call on it, after 1024: a few seconds of refusals.
 
 use super::early;
 use super::service::{grpc_deadline, traced_infer};
@@ -57,6 +60,8 @@ const PREFIX: usize = 5;
 const EARLY_FROM: usize = 64 << 10;
 /// The head is looked for only within this many first bytes.
 const HEAD_WITHIN: usize = 4 << 10;
+/// How long the rest of a body refused from its head is read at most.
+const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 const ENCODING: &str = "grpc-encoding";
 const ACCEPT_ENCODING: &str = "grpc-accept-encoding";
@@ -120,7 +125,7 @@ async fn model_infer<B>(
     codec: Option<Codec>,
 ) -> Result<Response<tonic::body::Body>, Infallible>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
     let (parts, body) = request.into_parts();
@@ -181,10 +186,10 @@ async fn read_message<B>(
     mut refusal: impl FnMut(&[u8]) -> Early,
 ) -> Result<(Bytes, Option<Codec>), Status>
 where
-    B: Body<Data = Bytes>,
+    B: Body<Data = Bytes> + Send + 'static,
     B::Error: std::fmt::Display,
 {
-    let mut body = std::pin::pin!(body);
+    let mut body = Box::pin(body);
     // Most messages arrive in one DATA frame: kept as it came, no copy.
     let mut gathered = Gathered::default();
     let mut look_for_head = true;
@@ -212,7 +217,10 @@ where
             }
             if look_for_head {
                 match refusal(&head[PREFIX..]) {
-                    Early::Refused(status) => return Err(status),
+                    Early::Refused(status) => {
+                        tokio::spawn(drain(body));
+                        return Err(status);
+                    }
                     Early::Admitted => look_for_head = false,
                     Early::NoHead => look_for_head = received < PREFIX + HEAD_WITHIN,
                 }
@@ -239,6 +247,12 @@ where
     whole.advance(PREFIX);
     whole.truncate(length);
     Ok((whole, codec.filter(|_| flag != 0)))
+}
+
+/// Reads what is left of a refused request's body and drops it, so that
+/// its stream ends as the client ends it, without a reset.
+async fn drain<B: Body<Data = Bytes>>(mut body: Pin<Box<B>>) {
+    let _ = tokio::time::timeout(DRAIN_FOR, async move { while let Some(Ok(_)) = body.frame().await {} }).await;
 }
 
 /// The answer's one message, length-prefixed, in a single buffer;
@@ -328,6 +342,7 @@ impl Body for Unary {
 mod tests {
     use super::*;
     use http_body_util::StreamBody;
+    use std::time::Duration;
 
     fn framed(message: &[u8]) -> Vec<u8> {
         let mut frame = vec![0];
@@ -344,6 +359,30 @@ mod tests {
     fn read(chunks: Vec<Vec<u8>>, limit: usize) -> Result<Bytes, Status> {
         futures::executor::block_on(read_message(chunked(chunks), limit, None, |_| Early::NoHead))
             .map(|(message, _)| message)
+    }
+
+    #[tokio::test]
+    async fn a_body_refused_from_its_head_is_read_to_its_end_not_dropped() {
+        use futures::SinkExt;
+        let (mut client, received) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(0);
+        let whole = framed(&vec![7u8; EARLY_FROM]);
+        client.try_send(Ok(Frame::data(Bytes::copy_from_slice(&whole[..1024])))).unwrap();
+        let mut heads = 0;
+        let refused = read_message(StreamBody::new(received), usize::MAX, None, |head| {
+            heads += 1;
+            assert_eq!(head, &whole[PREFIX..1024]);
+            Early::Refused(Status::resource_exhausted("predicted late"))
+        })
+        .await;
+        assert_eq!(refused.unwrap_err().code(), Code::ResourceExhausted);
+        assert_eq!(heads, 1);
+        // The client goes on sending: the rest is taken as it comes (a
+        // dropped body would close the channel, and h2 would reset the stream).
+        for piece in whole[1024..].chunks(16 << 10) {
+            let sent =
+                tokio::time::timeout(Duration::from_secs(5), client.send(Ok(Frame::data(piece.to_vec().into()))));
+            sent.await.expect("the rest of the body is read").expect("the body is still there");
+        }
     }
 
     #[test]
