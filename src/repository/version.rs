@@ -244,9 +244,7 @@ impl ModelVersion {
             Ok(ticket) => ticket,
             Err(refusal) => return Attempt::Broken(request, refusal),
         };
-        if request.deadline.is_none() {
-            request.deadline = self.request_timeout.map(|t| Instant::now() + t);
-        }
+        request.deadline = self.deadline_or_default(request.deadline, Instant::now());
         Attempt::Done(self.run(request, prepared, ticket).await)
     }
 
@@ -280,6 +278,11 @@ impl ModelVersion {
         })
     }
 
+    /// A request's deadline: its own, else `request_timeout_ms` from `now`.
+    fn deadline_or_default(&self, asked: Option<Instant>, now: Instant) -> Option<Instant> {
+        asked.or_else(|| self.request_timeout.map(|t| now + t))
+    }
+
     /// The refusal admission would give a request of this version whose
     /// first input has `shape` and whose deadline is `deadline`, if it came
     /// now (counted as shed); None when it would be queued, or when the
@@ -293,8 +296,7 @@ impl ModelVersion {
         }
         let level = self.queueing.level(None).ok()?;
         let now = Instant::now();
-        let deadline = deadline.or_else(|| self.request_timeout.map(|t| now + t));
-        let deadline = self.queueing.deadline_of(now, deadline, None, level);
+        let deadline = self.queueing.deadline_of(now, self.deadline_or_default(deadline, now), None, level);
         self.scheduler.refusal_now(Placement { rows, group: 0, level, deadline })
     }
 

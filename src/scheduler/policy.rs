@@ -234,11 +234,11 @@ impl<J> BatchQueue<J> {
             return Err(Refusal::QueueFull(limit));
         }
         let prediction = self.predict(arrival.rows, level, now);
-        if let (Some(admit_by), Some((predicted, rows_ahead))) = (arrival.admit_by, prediction)
-            && now + calibrate::padded(predicted, self.margin) > admit_by
-            && !(rows_ahead == 0 && self.running.iter().any(Option::is_none))
-        {
-            return Err(Refusal::Late { predicted: calibrate::padded(predicted, self.margin), rows_ahead });
+        if let (Some(admit_by), Some((predicted, rows_ahead))) = (arrival.admit_by, prediction) {
+            let padded = calibrate::padded(predicted, self.margin);
+            if now + padded > admit_by && !(rows_ahead == 0 && self.running.iter().any(Option::is_none)) {
+                return Err(Refusal::Late { predicted: padded, rows_ahead });
+            }
         }
         Ok(prediction.map(|(predicted, _)| predicted))
     }

@@ -212,9 +212,8 @@ where
             if received > PREFIX + length {
                 return Err(Status::invalid_argument("a unary call carries exactly one message; more followed it"));
             }
-            if look_for_head && (head[0] != 0 || length < EARLY_FROM || received >= PREFIX + length) {
-                look_for_head = false;
-            }
+            // Only a large uncompressed message still arriving is worth it.
+            look_for_head &= head[0] == 0 && length >= EARLY_FROM && received < PREFIX + length;
             if look_for_head {
                 match refusal(&head[PREFIX..]) {
                     Early::Refused(status) => {
