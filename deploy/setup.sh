@@ -5,6 +5,8 @@
 #   deploy/setup.sh ort     ONNX Runtime shared library (enough to serve)
 #   deploy/setup.sh test    + Python venv (onnx, onnxruntime, tritonclient,
 #                             kubernetes-validate, jsonschema, cryptography)
+#                           + a second venv with the KServe SDK (its protobuf
+#                             and tritonclient's cannot share one)
 #                           + perf_analyzer extracted from the tritonclient wheel
 #                           + promtool (Debian's prometheus package)
 set -euo pipefail
@@ -17,6 +19,8 @@ CUDART_VERSION=12.9.79
 KUBERNETES_VALIDATE_VERSION=1.37.0
 # Test certificates for tests/python/test_tls.py, made per run.
 CRYPTOGRAPHY_VERSION=50.0.2
+# The KServe Python SDK, a client of tests/python/test_kserve.py.
+KSERVE_VERSION=0.21.0
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 deps="$root/.deps"
@@ -60,6 +64,19 @@ fetch_venv() {
     "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4" \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3" \
     "cryptography==$CRYPTOGRAPHY_VERSION"
+  touch "$stamp"
+}
+
+# The KServe SDK needs protobuf 6, tritonclient 4: a venv of its own, which
+# tests/python/test_kserve.py drives through tests/python/kserve_calls.py.
+fetch_kserve_venv() {
+  local venv="$deps/kserve-venv"
+  local stamp="$venv/.ferroserve-kserve-$KSERVE_VERSION"
+  [ -f "$stamp" ] && return 0
+  echo "setup: creating Python venv with the KServe SDK $KSERVE_VERSION" >&2
+  "$python" -m venv "$venv"
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet "kserve==$KSERVE_VERSION"
   touch "$stamp"
 }
 
@@ -115,6 +132,6 @@ fetch_curl() {
 
 case "$what" in
   ort) fetch_ort ;;
-  test) fetch_ort; fetch_venv; fetch_perf_analyzer; fetch_promtool; fetch_curl ;;
+  test) fetch_ort; fetch_venv; fetch_kserve_venv; fetch_perf_analyzer; fetch_promtool; fetch_curl ;;
   *) echo "usage: deploy/setup.sh [ort|test]" >&2; exit 2 ;;
 esac

@@ -1,6 +1,7 @@
 //! Command-line flags (Triton's names where Triton has the flag), each with
 //! an environment variable, logged once at start-up.
 
+pub use crate::telemetry::logs::LogFormat;
 use clap::{Parser, ValueEnum};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -237,6 +238,28 @@ pub struct Config {
     /// decision in the client's `traceparent` wins.
     #[arg(long, env = "FERROSERVE_TRACE_SAMPLE_RATIO", default_value_t = 1.0, value_parser = ratio)]
     pub trace_sample_ratio: f64,
+
+    /// Log lines on stderr: `text` (key="value", colour only on a terminal)
+    /// or `json` (one object per line, for log collectors).
+    #[arg(long, env = "FERROSERVE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// What is logged: a level (error, warn, info, debug, trace) or filter
+    /// directives such as `info,ferroserve::audit=warn`. Unset, RUST_LOG
+    /// decides, else `info`.
+    #[arg(long, env = "FERROSERVE_LOG_LEVEL", value_parser = crate::telemetry::logs::parse_filter)]
+    pub log_level: Option<String>,
+
+    /// Export Triton's metric families (`nv_inference_*`) beside ferroserve's,
+    /// so dashboards built for Triton keep working.
+    #[arg(
+        long,
+        env = "FERROSERVE_TRITON_METRICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub triton_metrics: bool,
 }
 
 fn ratio(value: &str) -> Result<f64, String> {

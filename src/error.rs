@@ -1,6 +1,7 @@
 //! The one error type of the request path. Each transport maps it once
 //! (api/status.rs) to a gRPC code and an HTTP status.
 
+use std::time::Duration;
 use thiserror::Error;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -14,9 +15,10 @@ pub enum Error {
     /// Unknown model or version.
     #[error("{0}")]
     NotFound(String),
-    /// The model exists but cannot serve now (not ready, shutting down).
+    /// The model exists but cannot serve now (not ready, shutting down,
+    /// its breaker open), and when a retry may succeed.
     #[error("{0}")]
-    Unavailable(String),
+    Unavailable(String, Retry),
     /// The request's deadline passed before it could be computed.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -27,9 +29,10 @@ pub enum Error {
     /// A size limit was hit (message or body too large).
     #[error("{0}")]
     ResourceExhausted(String),
-    /// Too much work: a full queue. Retrying later may succeed.
+    /// Too much work: a full queue, a predicted late answer. Retrying after
+    /// about the given time may succeed.
     #[error("{0}")]
-    Overloaded(String),
+    Overloaded(String, Duration),
     /// No credential, or one the server does not know (auth layer).
     #[error("{0}")]
     Unauthenticated(String),
@@ -48,7 +51,28 @@ pub enum Error {
     Internal(String),
 }
 
+/// When a refused request may be retried with a chance of success: what
+/// `grpc-retry-pushback-ms` and `Retry-After` tell the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// After about this long.
+    After(Duration),
+    /// Not until something else changes (an operator loads the model, new
+    /// files arrive): a retry would fail the same way.
+    Never,
+}
+
 impl Error {
+    /// Unavailable for now: a retry after `after` may succeed.
+    pub fn unavailable(message: impl Into<String>, after: Duration) -> Self {
+        Error::Unavailable(message.into(), Retry::After(after))
+    }
+
+    /// Too much work now: a retry after `after` may succeed.
+    pub fn overloaded(message: impl Into<String>, after: Duration) -> Self {
+        Error::Overloaded(message.into(), after)
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidArgument(message.into())
     }
@@ -66,11 +90,11 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => "invalid_argument",
             Error::NotFound(_) => "not_found",
-            Error::Unavailable(_) => "unavailable",
+            Error::Unavailable(..) => "unavailable",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::RequestTimeout(_) => "request_timeout",
             Error::ResourceExhausted(_) => "resource_exhausted",
-            Error::Overloaded(_) => "overloaded",
+            Error::Overloaded(..) => "overloaded",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::PermissionDenied(_) => "permission_denied",
             Error::UnsupportedMediaType(_) => "unsupported_media_type",

@@ -3,11 +3,8 @@
 
 use clap::Parser;
 use ferroserve::config::Config;
-use ferroserve::telemetry::trace;
-use std::io::IsTerminal;
+use ferroserve::telemetry::{logs, trace};
 use std::process::ExitCode;
-use tracing_subscriber::layer::SubscriberExt;
-use tracing_subscriber::util::SubscriberInitExt;
 
 /// mimalloc: the request path allocates many small, short-lived buffers
 /// across threads, where it measurably beats glibc malloc.
@@ -31,16 +28,7 @@ fn main() -> ExitCode {
     // Off, there is no OpenTelemetry layer at all; on, the server's own
     // `tracing` spans are exported beside the request spans.
     let otel = trace::tracer().map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer.clone()));
-    tracing_subscriber::registry()
-        .with(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,ort=warn,notify=warn".into()),
-        )
-        // Colour only for a person at a terminal: a log collector reading a
-        // pipe gets plain `key="value"` lines.
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()))
-        .with(otel)
-        .init();
+    logs::install(config.log_format, config.log_level.as_deref(), otel);
     let result = runtime.block_on(ferroserve::server::run(config));
     // Flush the spans still batched, while the runtime still runs the exporter.
     if let Some(provider) = provider

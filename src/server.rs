@@ -35,7 +35,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
     if config.latency_buckets.is_empty() || config.latency_buckets.windows(2).any(|w| w[0] >= w[1]) {
         anyhow::bail!("--latency-buckets must be ascending seconds, got {:?}", config.latency_buckets);
     }
-    let metrics = crate::telemetry::install(&config.latency_buckets)?;
+    let metrics = crate::telemetry::install(&config.latency_buckets, config.triton_metrics)?;
     let security = Arc::new(Security::from_config(config)?);
     if !config.model_repository.is_dir() {
         anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
@@ -89,11 +89,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http_task = tokio::spawn(api::http::serve(http, state.clone(), phases.clone()));
     let limits = api::listen::Limits::from(&config);
     let watch_until = phases.accept_until.clone();
-    let metrics_tls = state.security.tls(security::groups::Port::Metrics);
-    let metrics_auth = state.security.auth.clone();
     let reload_until = phases.accept_until.clone();
-    let metrics_task =
-        tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, limits, metrics_tls, metrics_auth, phases));
+    let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, state.clone(), limits, phases));
     let reload_every = Duration::from_secs(config.security_reload_secs);
     let reload_task = tokio::spawn(security::reload::run(state.security.clone(), reload_every, reload_until));
 

@@ -35,19 +35,21 @@ async fn the_server_in_flight_cap_refuses_at_once_with_retry_hints() {
     let call = occupy_instance(&server, &client, "slow", 1_500_000).await;
 
     let started = Instant::now();
-    let refused = client.model_infer(mlp_request(1)).await.unwrap_err();
+    let refused = client.model_infer(slow_batch_request("slow", &[0], 1.0)).await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(2), "refusal took {:?}", started.elapsed());
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("in flight"), "{}", refused.message());
     assert_eq!(refused.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
 
-    let body = serde_json::json!({ "inputs": [{ "name": "input", "shape": [1, 16], "datatype": "FP32", "data": vec![0.5f32; 16] }] });
-    let http = reqwest::Client::new().post(server.http_url("/v2/models/mlp/infer")).json(&body).send().await.unwrap();
+    let body = serde_json::json!({ "inputs": [
+        { "name": "x", "shape": [1, 1], "datatype": "FP32", "data": [0.5] },
+        { "name": "spin", "shape": [1, 1], "datatype": "INT64", "data": [0] },
+    ] });
+    let http = reqwest::Client::new().post(server.http_url("/v2/models/slow/infer")).json(&body).send().await.unwrap();
     assert_eq!(http.status(), 429);
     assert_eq!(http.headers().get("retry-after").unwrap(), "1");
-    // "mlp" is not in this repository: the series names no model, so
-    // made-up names cannot grow the metric set.
-    let shed = metric(&server, "ferroserve_shed_total{model=\"\",version=\"\",reason=\"server_inflight\"}").await;
+    // Refused before it reached a version: the series names the model only.
+    let shed = metric(&server, "ferroserve_shed_total{model=\"slow\",version=\"\",reason=\"server_inflight\"}").await;
     assert_eq!(shed, Some(2.0));
 
     // The holder finishes; the slot frees and work flows again.
@@ -74,7 +76,9 @@ async fn a_full_queue_is_counted_as_shed() {
     let refused = client.model_infer(slow_batch_request("slow", &[0], 2.0)).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted);
     assert!(refused.message().contains("is full"), "{}", refused.message());
-    assert_eq!(refused.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
+    // A full queue holds at least the model's latency target of work.
+    let pushback: i64 = refused.metadata().get("grpc-retry-pushback-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!(pushback >= 1, "{pushback}");
     let shed = metric(&server, "ferroserve_shed_total{model=\"slow\",version=\"1\",reason=\"queue_full\"}").await;
     assert_eq!(shed, Some(1.0));
     busy.await.unwrap().expect("the busy request is answered");

@@ -108,7 +108,8 @@ async fn a_large_request_predicted_late_is_refused_from_its_first_bytes() {
     assert!(started.elapsed() < Duration::from_millis(150), "refused after {:?}", started.elapsed());
     assert_eq!(answer.status, "8", "RESOURCE_EXHAUSTED: {}", answer.message);
     assert!(answer.message.contains("latency%20target"), "{}", answer.message); // grpc-message is percent-encoded
-    assert_eq!(answer.headers.get("grpc-retry-pushback-ms").map(|v| v.to_str().unwrap()), Some("100"));
+    let pushback = answer.headers.get("grpc-retry-pushback-ms").map(|v| v.to_str().unwrap().to_string());
+    assert_retry_when_the_late_work_has_run(&answer.message.replace("%20", " "), pushback.as_deref());
     drop(stream);
     // Only that stream was reset: the connection serves the next call.
     busy.await.unwrap().expect("the busy request is answered");
@@ -166,7 +167,8 @@ async fn requests_predicted_late_are_refused_at_once_naming_the_reason() {
     assert!(started.elapsed() < Duration::from_millis(150), "refused after {:?}", started.elapsed());
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     assert!(refused.message().contains("latency target"), "{}", refused.message());
-    assert_eq!(refused.metadata().get("grpc-retry-pushback-ms").unwrap(), "100");
+    let pushback = refused.metadata().get("grpc-retry-pushback-ms").map(|v| v.to_str().unwrap());
+    assert_retry_when_the_late_work_has_run(refused.message(), pushback);
     // With a 100 ms deadline, the deadline is the tighter bound.
     let late =
         client.model_infer(with_deadline(slow_batch_request("slow", &[0], 2.0), Duration::from_millis(100))).await;
@@ -273,4 +275,18 @@ async fn higher_priority_runs_first_and_an_out_of_range_priority_is_named() {
     }
     let order: Vec<f32> = std::iter::from_fn(|| done_rx.try_recv().ok()).collect();
     assert_eq!(order, [30.0, 10.0, 20.0], "level 1 first, then the default level in arrival order");
+}
+
+/// A refusal predicted late says to retry once the work queued past the
+/// target has run: `grpc-retry-pushback-ms` is the prediction less the
+/// target its message names ("latency target of T ms: predicted P ms").
+fn assert_retry_when_the_late_work_has_run(message: &str, pushback: Option<&str>) {
+    let number_after = |label: &str| -> f64 {
+        let rest = &message[message.find(label).unwrap_or_else(|| panic!("{label} in {message}")) + label.len()..];
+        rest.split(' ').next().unwrap().parse().unwrap()
+    };
+    let (target, predicted) = (number_after("latency target of "), number_after("predicted "));
+    let pushback: f64 = pushback.expect("a retry hint").parse().unwrap();
+    let want = (predicted - target).max(1.0);
+    assert!((pushback - want).abs() <= 1.0, "pushback {pushback} ms for {message}");
 }

@@ -15,8 +15,12 @@ use limiter::{LimitConfig, Limiter};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// The retry hint of a refusal at a concurrency cap: requests in flight
+/// leave within about this long.
+const DEFAULT_RETRY: Duration = Duration::from_millis(100);
 
 /// The server-wide cap on inference requests inside the server.
 pub struct ServerCap {
@@ -58,11 +62,9 @@ impl ServerCap {
     /// A permit held until the request is answered, or a refusal (the
     /// caller counts it as shed, reason `server_inflight`).
     pub fn try_enter(&self) -> Result<ServerPermit> {
-        let permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::Overloaded(format!("the server has {} requests in flight, its limit", self.max)))?;
+        let permit = self.permits.clone().try_acquire_owned().map_err(|_| {
+            Error::overloaded(format!("the server has {} requests in flight, its limit", self.max), DEFAULT_RETRY)
+        })?;
         self.gauge.set(self.in_flight() as f64);
         Ok(ServerPermit { _permit: permit, permits: self.permits.clone(), max: self.max, gauge: self.gauge.clone() })
     }
@@ -105,10 +107,13 @@ impl VersionAdmission {
         if inside >= limit {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             telemetry::record_shed(&self.model, &self.version, "concurrency_limit");
-            return Err(Error::Overloaded(format!(
-                "model '{}' version {} is at its concurrency limit ({limit} requests in flight)",
-                self.model, self.version
-            )));
+            return Err(Error::overloaded(
+                format!(
+                    "model '{}' version {} is at its concurrency limit ({limit} requests in flight)",
+                    self.model, self.version
+                ),
+                DEFAULT_RETRY,
+            ));
         }
         self.gauges.set(limit, inside + 1);
         Ok(Permit { admission: self.clone(), entered: Instant::now(), others: inside })
@@ -176,12 +181,15 @@ impl VersionBreaker {
         }
         match acquired {
             Ok(()) => Ok(BreakerTicket { owner: self, entered: Instant::now(), finished: false }),
-            Err(wait) => Err(Error::Unavailable(format!(
-                "the circuit breaker of model '{}' version {} is open after repeated model failures; retry in {} ms",
-                self.model,
-                self.version,
-                wait.as_millis()
-            ))),
+            Err(wait) => Err(Error::unavailable(
+                format!(
+                    "the circuit breaker of model '{}' version {} is open after repeated model failures; retry in {} ms",
+                    self.model,
+                    self.version,
+                    wait.as_millis()
+                ),
+                wait,
+            )),
         }
     }
 

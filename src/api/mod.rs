@@ -9,7 +9,7 @@ pub mod inflate;
 pub mod listen;
 mod status;
 
-pub use status::{RETRY_AFTER_SECS, grpc_status, http_status};
+pub use status::{code_of_grpc_status, code_of_status, grpc_status, http_status, retry_after_secs};
 
 /// Protocol extensions ferroserve implements, as ServerMetadata lists them.
 pub const EXTENSIONS: &[&str] =

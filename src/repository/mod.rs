@@ -13,7 +13,7 @@ mod warmup;
 pub use version::{Attempt, LoadContext, ModelVersion};
 
 use crate::admission::ServerCap;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Retry};
 use crate::infer::{InferRequest, InferResponse};
 use crate::pb;
 use crate::runtime::Runtime;
@@ -30,6 +30,13 @@ use std::time::{Duration, Instant};
 /// How long an unload waits for the model's requests to finish before it
 /// answers.
 const UNLOAD_DRAIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When to retry a request for a model that is still loading.
+const LOADING_RETRY: Duration = Duration::from_secs(1);
+
+/// When to retry a request refused because the server is shutting down: by
+/// then the client has reconnected to another replica.
+const SHUTDOWN_RETRY: Duration = Duration::from_millis(100);
 
 /// Where a request goes: the version, and the model's canary and SLOs.
 /// Where an inference request goes, and what judges its answer.
@@ -483,17 +490,24 @@ impl Repository {
                 .find_map(|v| v.serving.as_ref().map(|s| s.version.clone()))
                 .ok_or_else(|| {
                     let why = state.problem.clone().unwrap_or_else(|| "no version is ready".into());
-                    Error::Unavailable(format!("model '{name}' is not ready: {why}"))
+                    // Unloaded, or every version failed: a retry fails the
+                    // same way until an operator or new files change it.
+                    let loading = state.loading || state.versions.values().any(|v| v.failure.is_none());
+                    let retry = if loading { Retry::After(LOADING_RETRY) } else { Retry::Never };
+                    Error::Unavailable(format!("model '{name}' is not ready: {why}"), retry)
                 });
         }
         let number: i64 =
             version.parse().map_err(|_| Error::not_found(format!("unknown version '{version}' of model '{name}'")))?;
         match state.versions.get(&number) {
             Some(VersionSlot { serving: Some(serving), .. }) => Ok(serving.version.clone()),
-            Some(VersionSlot { failure, .. }) => Err(Error::Unavailable(format!(
-                "model '{name}' version {number} is not ready: {}",
-                failure.as_deref().unwrap_or("it is loading")
-            ))),
+            Some(VersionSlot { failure, .. }) => Err(Error::Unavailable(
+                format!(
+                    "model '{name}' version {number} is not ready: {}",
+                    failure.as_deref().unwrap_or("it is loading")
+                ),
+                if failure.is_some() { Retry::Never } else { Retry::After(LOADING_RETRY) },
+            )),
             None => Err(Error::not_found(format!("unknown version '{version}' of model '{name}'"))),
         }
     }
@@ -575,7 +589,7 @@ impl Repository {
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
         if self.draining.load(Ordering::Relaxed) {
-            return Err(Error::Unavailable("the server is shutting down".into()));
+            return Err(Error::unavailable("the server is shutting down", SHUTDOWN_RETRY));
         }
         let _in_flight = match self.cap.try_enter() {
             Ok(permit) => permit,
@@ -605,7 +619,7 @@ impl Repository {
         record_outcome(&version, slo.as_deref(), code, elapsed);
         if let Some(canary) = canary {
             // The model's own failures count; the client's mistakes do not.
-            let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(_)));
+            let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(..)));
             if let Some(reason) = canary.record(version.version, failed, elapsed) {
                 tracing::warn!(model = %version.name, canary = canary.canary, %reason, "canary rolled back");
                 telemetry::record_canary_rollback(&version.name, canary.canary, "automatic");
@@ -636,21 +650,28 @@ impl Repository {
         Some(error)
     }
 
-    /// Counts a request refused before it reached a version. Metric labels
-    /// name only models the repository knows (and no version), so clients
-    /// cannot grow the series without bound with made-up names.
+    /// Counts a request refused at the server's in-flight cap or at routing.
     fn refused(&self, model: &str, error: Error, started: Instant) -> Error {
+        self.count_refused(model, error.code(), started, matches!(error, Error::Overloaded(..)));
+        error
+    }
+
+    /// Counts a request answered with the error `code` before it reached a version: a body
+    /// or message that does not decode, an unknown model, a bad input.
+    /// Metric labels name only models the repository knows (and no
+    /// version), so clients cannot grow the series without bound with
+    /// made-up names. `shed` also counts it in `ferroserve_shed_total`.
+    pub fn count_refused(&self, model: &str, code: &'static str, started: Instant, shed: bool) {
         let elapsed = started.elapsed();
         let slo = self.models.read().get(model).and_then(|s| s.slo.clone());
         let label = if slo.is_some() { model } else { "" };
-        if matches!(error, Error::Overloaded(_)) {
+        if shed {
             telemetry::record_shed(label, "", "server_inflight");
         }
-        telemetry::record_request(label, "", error.code(), elapsed);
+        telemetry::record_request(label, "", code, elapsed);
         if let Some(slo) = slo {
-            slo.record(Instant::now(), elapsed, error.code());
+            slo.record(Instant::now(), elapsed, code);
         }
-        error
     }
 
     fn publish_ready_count(&self) {
@@ -671,7 +692,7 @@ fn record_outcome(version: &ModelVersion, slo: Option<&SloTracker>, code: &'stat
     if code == "ok" {
         version.stats.success.add(elapsed);
     } else {
-        version.stats.fail.add(elapsed);
+        version.stats.record_failure(code, elapsed);
     }
     version.metrics.record_request(code, elapsed);
     if let Some(slo) = slo {

@@ -69,6 +69,19 @@ impl Default for Weights {
     }
 }
 
+/// ONNX Runtime's own log lines, as ferroserve's (target `ort`): written
+/// in `--log-format`, filtered with the rest; left to itself, it writes
+/// coloured lines straight to stderr.
+fn log(level: ort::logging::LogLevel, _category: &str, id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Verbose => tracing::trace!(target: "ort", id, location, "{message}"),
+        LogLevel::Info => tracing::info!(target: "ort", id, location, "{message}"),
+        LogLevel::Warning => tracing::warn!(target: "ort", id, location, "{message}"),
+        LogLevel::Error | LogLevel::Fatal => tracing::error!(target: "ort", id, location, "{message}"),
+    }
+}
+
 impl Runtime {
     /// Loads the ONNX Runtime shared library at `library` and creates the
     /// environment. Fails with a message naming the path, never panics.
@@ -78,6 +91,7 @@ impl Runtime {
             .with_context(|| format!("loading the ONNX Runtime library {}", library.display()))?;
         let env = builder
             .with_name("ferroserve")
+            .with_logger(Arc::new(log))
             .build()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("creating the ONNX Runtime environment")?;

@@ -125,6 +125,13 @@ pub const BACKGROUND_FROM: Duration = Duration::from_millis(1);
 /// How often the cost gauges are refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
+/// The shortest retry hint an overloaded refusal gives.
+const MIN_RETRY: Duration = Duration::from_millis(1);
+
+/// When to retry a request refused by a version being retired or unloaded:
+/// at once, routed anew (to the version that replaced it, if any).
+const RETIRED_RETRY: Duration = Duration::from_millis(10);
+
 /// A request alone in its version runs its batch on its own task, with no
 /// hand-off to the instance thread, when that batch is predicted to take at
 /// most this long: for a model of microseconds the two thread wake-ups
@@ -207,7 +214,8 @@ impl Scheduler {
         {
             let mut queue = self.shared.queue.lock();
             if queue.closed {
-                return Err(Error::Unavailable("the model version is unloading".into()));
+                // A retry is routed anew, to the version that replaced this one.
+                return Err(Error::unavailable("the model version is unloading", RETIRED_RETRY));
             }
             let (arrival, target) = self.arrival(&mut queue, &placement, now);
             match queue.jobs.push(job, arrival, now) {
@@ -308,23 +316,35 @@ impl Scheduler {
         match refusal {
             Refusal::QueueFull(size) => {
                 telemetry::record_shed(model, version, "queue_full");
-                Error::Overloaded(format!("the queue of model '{model}' version {version} is full ({size} requests)"))
+                // A full queue holds at least a latency target's work.
+                Error::overloaded(
+                    format!("the queue of model '{model}' version {version} is full ({size} requests)"),
+                    target,
+                )
             }
             Refusal::Late { predicted, rows_ahead } => {
                 let predicted_ms = predicted.as_secs_f64() * 1e3;
+                // By then the work queued past the target has run.
+                let retry = predicted.saturating_sub(target).max(MIN_RETRY);
                 if by_deadline {
                     telemetry::record_shed(model, version, "deadline");
-                    Error::Overloaded(format!(
-                        "model '{model}' version {version} cannot answer before the request's deadline: \
-                         predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead"
-                    ))
+                    Error::overloaded(
+                        format!(
+                            "model '{model}' version {version} cannot answer before the request's deadline: \
+                             predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead"
+                        ),
+                        retry,
+                    )
                 } else {
                     telemetry::record_shed(model, version, "slo");
-                    Error::Overloaded(format!(
-                        "model '{model}' version {version} cannot answer within its latency target of {:.1} ms: \
-                         predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead",
-                        target.as_secs_f64() * 1e3
-                    ))
+                    Error::overloaded(
+                        format!(
+                            "model '{model}' version {version} cannot answer within its latency target of {:.1} ms: \
+                             predicted {predicted_ms:.1} ms with {rows_ahead} rows queued ahead",
+                            target.as_secs_f64() * 1e3
+                        ),
+                        retry,
+                    )
                 }
             }
         }
@@ -362,7 +382,7 @@ impl Scheduler {
         self.shared.wake.notify_all();
         let count = jobs.len();
         for job in jobs {
-            let _ = job.reply.send(Err(Error::Unavailable(reason.to_string())));
+            let _ = job.reply.send(Err(Error::unavailable(reason, RETIRED_RETRY)));
         }
         count
     }

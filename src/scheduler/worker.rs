@@ -137,6 +137,11 @@ fn execute(shared: &Shared, index: usize, session: &mut Session, jobs: Vec<Job>)
             batch::split(outputs, &rows, shared.batching)
         }
         Err(e) => {
+            // The line names the first traced request of the batch, if any.
+            let _scope = jobs
+                .iter()
+                .find_map(|j| j.trace.as_ref())
+                .map(|c| crate::telemetry::logs::request_scope(c.trace_id(), c.span_id()).entered());
             tracing::warn!(model = %labels.model, version = %labels.version, error = %e, "model execution failed");
             Err(Error::internal(format!("model execution failed: {e}")))
         }

@@ -127,6 +127,7 @@ pub const HTTP_ROUTES: &[(&str, Group)] = &[
     ("/v2", Group::Metadata),
     ("/v2/health/live", Group::Health),
     ("/v2/health/ready", Group::Health),
+    ("/v2/models", Group::Metadata),
     ("/v2/models/stats", Group::Statistics),
     ("/v2/models/{model}", Group::Metadata),
     ("/v2/models/{model}/versions/{version}", Group::Metadata),

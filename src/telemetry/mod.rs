@@ -3,9 +3,11 @@
 //! Conventions: base unit seconds, `_total` counters, labels `model`,
 //! `version`, `code` only (bounded cardinality).
 
+pub mod logs;
 pub mod slo;
 mod stats;
 pub mod trace;
+pub mod triton;
 
 pub use stats::{BatchTally, ComputeTimes, Tally, VersionStats};
 
@@ -84,12 +86,15 @@ pub const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0,
 
 /// Installs the global Prometheus recorder with these latency buckets
 /// (`--latency-buckets`); the handle renders /metrics.
-pub fn install(latency_buckets: &[f64]) -> anyhow::Result<PrometheusHandle> {
+pub fn install(latency_buckets: &[f64], triton_metrics: bool) -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), latency_buckets)?
         .set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS)?
         .install_recorder()?;
     describe();
+    if triton_metrics {
+        triton::enable();
+    }
     Ok(handle)
 }
 
@@ -215,6 +220,8 @@ pub struct VersionMetrics {
     compute: metrics::Histogram,
     batch: metrics::Histogram,
     depth: metrics::Gauge,
+    /// Triton's `nv_inference_pending_request_count`, when its families are on.
+    pending: Option<metrics::Gauge>,
 }
 
 impl VersionMetrics {
@@ -230,6 +237,7 @@ impl VersionMetrics {
             compute: metrics::histogram!(COMPUTE_DURATION, &labels),
             batch: metrics::histogram!(BATCH_SIZE, &labels),
             depth: metrics::gauge!(QUEUE_DEPTH, &labels),
+            pending: triton::pending_gauge(model, version),
         }
     }
 
@@ -253,6 +261,9 @@ impl VersionMetrics {
 
     pub fn set_queue_depth(&self, depth: usize) {
         self.depth.set(depth as f64);
+        if let Some(pending) = &self.pending {
+            pending.set(depth as f64);
+        }
     }
 }
 

@@ -52,6 +52,8 @@ pub struct BatchTally {
 pub struct VersionStats {
     pub success: Tally,
     pub fail: Tally,
+    /// Failures by Triton's reason (telemetry/triton.rs FAILURE_REASONS).
+    pub fail_reasons: [AtomicU64; 4],
     pub queue: Tally,
     pub compute_input: Tally,
     pub compute_infer: Tally,
@@ -67,6 +69,12 @@ pub struct VersionStats {
 }
 
 impl VersionStats {
+    /// Records one request answered with the error `code`.
+    pub fn record_failure(&self, code: &str, elapsed: Duration) {
+        self.fail.add(elapsed);
+        self.fail_reasons[super::triton::failure_reason(code)].fetch_add(1, Relaxed);
+    }
+
     /// Records one model execution of `requests` requests holding
     /// `batch_size` rows. As in Triton, the inference compute tallies count
     /// each request (with the batch's time); the batch tallies count executions.

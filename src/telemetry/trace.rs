@@ -120,6 +120,13 @@ impl RequestSpan {
         request.trace = context.is_sampled().then(|| context.clone());
     }
 
+    /// A `tracing` span for the lines logged while this request runs, which
+    /// gives them its trace and span id (telemetry/logs.rs).
+    pub fn log_scope(&self) -> tracing::Span {
+        let context = self.span.span_context();
+        super::logs::request_scope(context.trace_id(), context.span_id())
+    }
+
     /// Ends the span with the outcome code ("ok" or the error's code) and
     /// the version: the one that answered, else the one asked for.
     pub fn finish(mut self, outcome: Result<&crate::infer::InferResponse, &crate::error::Error>) {

@@ -1,6 +1,8 @@
 """/metrics passes `promtool check metrics` (Prometheus' own linter: naming,
 units, HELP text, histogram and counter conventions), after traffic has
-created every kind of series."""
+created every kind of series. Triton's families (`nv_inference_*`) keep
+Triton's names, which the linter faults (`_us`, counters without `_total`):
+the only complaints allowed are about those names."""
 
 import shutil
 import subprocess
@@ -27,5 +29,10 @@ def test_metrics_pass_promtool(server):
         body = r.read()
     assert b"ferroserve_request_duration_seconds_bucket" in body
     assert b"ferroserve_slo_burn_rate" in body
+    assert b"nv_inference_request_success" in body
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
-    assert check.returncode == 0, check.stdout.decode() + check.stderr.decode()
+    complaints = (check.stdout.decode() + check.stderr.decode()).splitlines()
+    ours = [line for line in complaints if line.strip() and not line.startswith("nv_inference_")]
+    assert not ours, "\n".join(ours)
+    # Prometheus' parser still reads every line (a syntax error fails differently).
+    assert check.returncode in (0, 3), complaints

@@ -132,6 +132,16 @@ def test_recording_rules_and_server_gauges_agree(tmp_path):
             assert {(a["alertname"], a["severity"], a["alertstate"]) for a in found} == {
                 ("FerroserveLatencyBudgetBurn", "ticket", "pending")
             }, found
+
+            # A Triton dashboard's panels, unchanged: request rate, and the
+            # average queue time per request (cumulative microseconds over
+            # the success count), from the same scrapes as ours.
+            assert query(base, "sum by (model) (rate(nv_inference_request_success[30s]))"), "no Triton request rate"
+            assert one(base, "sum by (model) (nv_inference_queue_duration_us) / sum by (model) "
+                             "(nv_inference_request_success)") is not None
+            triton = one(base, 'nv_inference_request_success{model="slow",version="1"}')
+            ours = one(base, 'ferroserve_requests_total{model="slow",version="1",code="ok"}')
+            assert triton == ours == 40.0
         finally:
             prometheus.terminate()
             prometheus.wait(timeout=10)

@@ -3,7 +3,7 @@
 use super::contents;
 use crate::api::{describe, grpc_status};
 use crate::config::ControlMode;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Retry};
 use crate::infer::{InferRequest, InferResponse, PRIORITY_PARAMETER, TIMEOUT_PARAMETER};
 use crate::pb;
 use crate::pb::grpc_inference_service_server::GrpcInferenceService;
@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 pub struct Inference {
     state: Arc<State>,
@@ -165,20 +166,33 @@ const STREAM_IN_FLIGHT: usize = 64;
 pub(super) async fn traced_infer(
     repository: &crate::repository::Repository,
     mut span: Option<RequestSpan>,
-    message: pb::ModelInferRequest,
+    mut message: pb::ModelInferRequest,
     deadline: Option<Instant>,
 ) -> Result<InferResponse> {
-    let result = match decode_request(message, deadline) {
+    let started = Instant::now();
+    // The model is looked up before the request is decoded, so an unknown
+    // one is NOT_FOUND whatever the message holds; a refusal here is
+    // counted here, under the model when the repository knows it.
+    let model = std::mem::take(&mut message.model_name);
+    let decoded = repository.get(&model, &message.model_version).and_then(|_| decode_request(message, deadline));
+    let result = match decoded {
         Ok(mut request) => {
-            if let Some(span) = &mut span {
-                span.attach(&mut request);
-            }
+            request.model_name = model;
             // On the heap once: the repository's future is large, and
             // every layer above (tonic boxes the call's future) would
             // otherwise move it whole.
-            Box::pin(repository.infer(request)).await
+            match &mut span {
+                Some(span) => {
+                    span.attach(&mut request);
+                    Box::pin(repository.infer(request).instrument(span.log_scope())).await
+                }
+                None => Box::pin(repository.infer(request)).await,
+            }
         }
-        Err(e) => Err(e),
+        Err(e) => {
+            repository.count_refused(&model, e.code(), started, false);
+            Err(e)
+        }
     };
     if let Some(span) = span {
         span.finish(result.as_ref());
@@ -317,8 +331,11 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::RepositoryModelLoadRequest>,
     ) -> Reply<pb::RepositoryModelLoadResponse> {
         let (_, extensions, r) = request.into_parts();
+        let model = model_named(&r.repository_name, &r.model_name).to_string();
         let result = async {
-            check_repository_name(&r.repository_name)?;
+            if !r.model_name.is_empty() {
+                check_repository_name(&r.repository_name)?;
+            }
             self.explicit_mode()?;
             let mut config = None;
             for (key, value) in r.parameters {
@@ -329,12 +346,12 @@ impl GrpcInferenceService for Inference {
                     _ => return Err(load_parameter_refused(&key)),
                 }
             }
-            self.state.repository.load_with(&r.model_name, config).await
+            self.state.repository.load_with(&model, config).await
         }
         .await;
-        audit::record("load", &r.model_name, &extensions, result.as_ref().map(|_| ()));
+        audit::record("load", &model, &extensions, result.as_ref().map(|_| ()));
         result.map_err(grpc_status)?;
-        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+        Ok(Response::new(pb::RepositoryModelLoadResponse { model_name: model, is_loaded: true }))
     }
 
     async fn repository_model_unload(
@@ -342,15 +359,18 @@ impl GrpcInferenceService for Inference {
         request: Request<pb::RepositoryModelUnloadRequest>,
     ) -> Reply<pb::RepositoryModelUnloadResponse> {
         let (_, extensions, r) = request.into_parts();
+        let model = model_named(&r.repository_name, &r.model_name).to_string();
         let result = async {
-            check_repository_name(&r.repository_name)?;
+            if !r.model_name.is_empty() {
+                check_repository_name(&r.repository_name)?;
+            }
             self.explicit_mode()?;
-            self.state.repository.unload(&r.model_name).await
+            self.state.repository.unload(&model).await
         }
         .await;
-        audit::record("unload", &r.model_name, &extensions, result.as_ref().map(|_| ()));
+        audit::record("unload", &model, &extensions, result.as_ref().map(|_| ()));
         result.map_err(grpc_status)?;
-        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+        Ok(Response::new(pb::RepositoryModelUnloadResponse { model_name: model, is_unloaded: true }))
     }
 }
 
@@ -367,9 +387,18 @@ pub fn explicit_mode(mode: ControlMode) -> Result<()> {
         ControlMode::None => "none",
         ControlMode::Poll => "poll (the repository on disk decides what is loaded)",
     };
-    Err(Error::Unavailable(format!(
-        "explicit model load / unload is not allowed in model control mode {mode}: start with --model-control-mode explicit"
-    )))
+    Err(Error::Unavailable(
+        format!(
+            "explicit model load / unload is not allowed in model control mode {mode}: start with --model-control-mode explicit"
+        ),
+        Retry::Never,
+    ))
+}
+
+/// The model a RepositoryModelLoad/Unload names: Triton's `model_name`
+/// (field 2), or, when only field 1 is set, KServe's `model_name` there.
+fn model_named<'a>(repository_name: &'a str, model_name: &'a str) -> &'a str {
+    if model_name.is_empty() { repository_name } else { model_name }
 }
 
 /// ferroserve serves one repository; naming another is an error.
@@ -378,7 +407,9 @@ pub fn check_repository_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::Unimplemented(format!(
-            "repository '{name}': ferroserve serves a single repository; leave repository_name empty"
+            "repository '{name}': ferroserve serves a single repository, so leave repository_name empty \
+             and name the model in model_name (a request with only field 1 set is read as KServe's layout, \
+             the model's name)"
         )))
     }
 }

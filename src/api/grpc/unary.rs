@@ -32,6 +32,7 @@ use super::service::{grpc_deadline, traced_infer};
 use crate::api::gather::Gathered;
 use crate::api::grpc_status;
 use crate::api::inflate::{self, Codec};
+use crate::error::Error;
 use crate::pb;
 use crate::server::State;
 use crate::telemetry::trace::{Incoming, RequestSpan};
@@ -45,7 +46,9 @@ use prost::Message;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
+use std::time::Instant;
 use tonic::{Code, Status};
 
 /// The path of the call this front answers itself.
@@ -129,30 +132,47 @@ where
     B::Error: std::fmt::Display,
 {
     let (parts, body) = request.into_parts();
+    let started = Instant::now();
     let limit = state.config.max_message_bytes;
     let deadline = grpc_deadline(&parts.headers);
+    // A refusal from the head is counted by the repository, as a whole
+    // request's would be.
+    let counted = AtomicBool::new(false);
     let refusal = |head: &[u8]| match early::head(head) {
         None => Early::NoHead,
         Some(head) => match state.repository.refusal_now(head.model, head.version, &head.shape, deadline) {
-            Some(error) => Early::Refused(grpc_status(error)),
+            Some(error) => {
+                counted.store(true, Ordering::Relaxed);
+                Early::Refused(grpc_status(error))
+            }
             None => Early::Admitted,
         },
     };
-    let message = match read_message(body, limit, codec, refusal).await {
+    let read = read_message(body, limit, codec, refusal).await;
+    // Answered before the message names its model: counted under model "".
+    let refuse = |error: Error| {
+        state.repository.count_refused("", error.code(), started, false);
+        Ok(grpc_status(error).into_http())
+    };
+    let message = match read {
         Ok((message, Some(codec))) => {
             match inflate::inflate(codec, &message, state.config.inflate_bounds(), "request message") {
                 Ok(inflated) => Bytes::from(inflated),
-                Err(e) => return Ok(grpc_status(e).into_http()),
+                Err(e) => return refuse(e),
             }
         }
         Ok((message, None)) => message,
-        Err(status) => return Ok(status.into_http()),
+        // The client went away: nobody hears an answer.
+        Err(status) if status.code() == tonic::Code::Cancelled => return Ok(status.into_http()),
+        Err(status) if counted.load(Ordering::Relaxed) => return Ok(status.into_http()),
+        Err(status) => {
+            state.repository.count_refused("", crate::api::code_of_grpc_status(status.code()), started, false);
+            return Ok(status.into_http());
+        }
     };
     let message = match pb::ModelInferRequest::decode(message) {
         Ok(message) => message,
-        Err(e) => {
-            return Ok(Status::invalid_argument(format!("failed to decode Protobuf message: {e}")).into_http());
-        }
+        Err(e) => return refuse(Error::invalid(format!("failed to decode Protobuf message: {e}"))),
     };
     let span = RequestSpan::start("grpc", || Incoming::from_headers(&parts.headers));
     let answer = match traced_infer(&state.repository, span, message, deadline).await {

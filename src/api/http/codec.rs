@@ -12,7 +12,9 @@ use serde_json::{Map, Value, json};
 
 #[derive(Deserialize)]
 struct JsonRequest {
-    #[serde(default)]
+    /// A string when present: `"id": null` or a number is refused, as the
+    /// protocol (and Triton) say.
+    #[serde(default, deserialize_with = "present_string")]
     id: Option<String>,
     #[serde(default)]
     parameters: Map<String, Value>,
@@ -53,6 +55,28 @@ impl OutputEncoding {
     }
 }
 
+fn present_string<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(deserializer).map(Some)
+}
+
+/// Parameter values are booleans, numbers or strings in the protocol;
+/// anything else (null, an array, an object) is refused, named.
+fn check_parameters(parameters: &Map<String, Value>, owner: impl Fn() -> String) -> Result<()> {
+    for (key, value) in parameters {
+        let kind = match value {
+            Value::Bool(_) | Value::Number(_) | Value::String(_) => continue,
+            Value::Null => "null",
+            Value::Array(_) => "an array",
+            Value::Object(_) => "an object",
+        };
+        return Err(Error::invalid(format!(
+            "{}: parameter '{key}' must be a boolean, a number or a string, got {kind}",
+            owner()
+        )));
+    }
+    Ok(())
+}
+
 fn bool_param(parameters: &Map<String, Value>, key: &str, owner: &str) -> Result<Option<bool>> {
     match parameters.get(key) {
         None => Ok(None),
@@ -79,6 +103,13 @@ pub fn decode(
     let request: JsonRequest =
         serde_json::from_slice(&body[..json_len]).map_err(|e| malformed_json("inference request JSON", &e))?;
     let mut binary = body.slice(json_len..);
+    check_parameters(&request.parameters, || "request".into())?;
+    for input in &request.inputs {
+        check_parameters(&input.parameters, || format!("input '{}'", input.name))?;
+    }
+    for output in &request.outputs {
+        check_parameters(&output.parameters, || format!("output '{}'", output.name))?;
+    }
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
         let datatype = DataType::from_wire(&input.datatype)
@@ -208,4 +239,49 @@ pub fn malformed_json(what: &str, error: &serde_json::Error) -> Error {
         ));
     }
     Error::invalid(format!("malformed {what}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoded(body: &str) -> Result<InferRequest> {
+        decode("m", "", Bytes::from(body.to_string()), None).map(|(request, _)| request)
+    }
+
+    const INPUT: &str = r#"{"name": "x", "shape": [1], "datatype": "INT32", "data": [1]}"#;
+
+    #[test]
+    fn id_is_a_string_when_present() {
+        assert_eq!(decoded(&format!(r#"{{"id": "a", "inputs": [{INPUT}]}}"#)).unwrap().id, "a");
+        assert_eq!(decoded(&format!(r#"{{"inputs": [{INPUT}]}}"#)).unwrap().id, "");
+        for id in ["null", "7", "[]"] {
+            let err = decoded(&format!(r#"{{"id": {id}, "inputs": [{INPUT}]}}"#)).unwrap_err().to_string();
+            assert!(err.contains("malformed inference request JSON") && err.contains("string"), "{id}: {err}");
+        }
+    }
+
+    #[test]
+    fn parameter_values_are_scalars() {
+        let ok = format!(r#"{{"parameters": {{"a": true, "b": 1.5, "c": "s"}}, "inputs": [{INPUT}]}}"#);
+        assert!(decoded(&ok).is_ok());
+        let cases = [
+            (r#"{"parameters": {"p": {"k": 1}}, "inputs": [INPUT]}"#, "request: parameter 'p'", "an object"),
+            (r#"{"parameters": {"p": null}, "inputs": [INPUT]}"#, "request: parameter 'p'", "null"),
+            (
+                r#"{"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": [1], "parameters": {"q": [1]}}]}"#,
+                "input 'x': parameter 'q'",
+                "an array",
+            ),
+            (
+                r#"{"inputs": [INPUT], "outputs": [{"name": "y", "parameters": {"r": {}}}]}"#,
+                "output 'y': parameter 'r'",
+                "an object",
+            ),
+        ];
+        for (body, owner, kind) in cases {
+            let err = decoded(&body.replace("INPUT", INPUT)).unwrap_err().to_string();
+            assert!(err.contains(owner) && err.ends_with(kind), "{body}: {err}");
+        }
+    }
 }

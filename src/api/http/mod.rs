@@ -11,13 +11,14 @@ use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status, inflate};
 use crate::error::{Error, Result};
 use crate::infer::InferResponse;
-use crate::repository::CanaryAction;
+use crate::repository::{CanaryAction, Repository};
+use crate::security::audit;
 use crate::security::auth::{Auth, Denial, Guard};
 use crate::security::groups::{HTTP_ROUTES, Port};
-use crate::security::{TlsPort, audit};
 use crate::server::State;
 use crate::shutdown::Phases;
 use crate::telemetry::trace::{Incoming, RequestSpan};
+use crate::telemetry::triton;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State as Shared};
@@ -29,6 +30,7 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use tracing::Instrument;
 
 /// The header announcing where the JSON part of a body ends.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -41,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .route(grouped("/v2"), get(server_metadata))
         .route(grouped("/v2/health/live"), get(live))
         .route(grouped("/v2/health/ready"), get(ready))
+        .route(grouped("/v2/models"), get(list_models))
         .route(grouped("/v2/models/stats"), get(all_stats))
         .route(grouped("/v2/models/{model}"), get(model_metadata))
         .route(grouped("/v2/models/{model}/versions/{version}"), get(version_metadata))
@@ -63,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         // request_compression_algorithm), inflated within bounds, and
         // Accept-Encoding responses.
         .layer(axum::middleware::from_fn_with_state(state.clone(), inflate_body))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), count_inference_answers))
         .with_state(state)
         .layer(tower_http::compression::CompressionLayer::new())
         // Outermost, so it watches the body as it comes off the wire: a body
@@ -92,13 +96,21 @@ pub async fn serve(listener: TcpListener, state: AppState, phases: Phases) {
     listen::serve(listener, service(state), Protocol::Http, limits, tls, phases).await;
 }
 
-/// What the metrics port serves, behind the auth layer.
-pub fn metrics_service(handle: PrometheusHandle, auth: Arc<Auth>) -> Guard<Router, Body> {
+/// What the metrics port serves, behind the auth layer. Each scrape first
+/// sets the metrics kept as statistics (Triton's families, when on).
+pub fn metrics_service(handle: PrometheusHandle, repository: Arc<Repository>, auth: Arc<Auth>) -> Guard<Router, Body> {
     let app = Router::new().route(
         "/metrics",
         get(move || {
-            let handle = handle.clone();
-            async move { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()) }
+            let (handle, repository) = (handle.clone(), repository.clone());
+            async move {
+                if triton::enabled() {
+                    for version in repository.all_ready() {
+                        triton::publish(&version.name, &version.label, &version.stats);
+                    }
+                }
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render())
+            }
         }),
     );
     Guard::new(auth, Port::Metrics, refuse, app)
@@ -107,12 +119,13 @@ pub fn metrics_service(handle: PrometheusHandle, auth: Arc<Auth>) -> Guard<Route
 pub async fn serve_metrics(
     listener: TcpListener,
     handle: PrometheusHandle,
+    state: AppState,
     limits: Limits,
-    tls: Option<TlsPort>,
-    auth: Arc<Auth>,
     phases: Phases,
 ) {
-    listen::serve(listener, metrics_service(handle, auth), Protocol::Http, limits, tls, phases).await;
+    let tls = state.security.tls(Port::Metrics);
+    let service = metrics_service(handle, state.repository.clone(), state.security.auth.clone());
+    listen::serve(listener, service, Protocol::Http, limits, tls, phases).await;
 }
 
 /// A request the auth layer refused: 404 for a path nothing serves, 401
@@ -143,6 +156,42 @@ async fn close_while_draining(
     let mut response = next.run(request).await;
     if http1 && state.repository.is_draining() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
+/// Marks an inference answer the handler has counted.
+#[derive(Clone, Copy)]
+struct Counted;
+
+/// The model a `/v2/models/{m}[/versions/{v}]/infer` path names.
+fn inference_model(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+    let model = match rest.split_once("/versions/") {
+        Some((model, version)) if !version.contains('/') => model,
+        Some(_) => return None,
+        None => rest,
+    };
+    (!model.is_empty() && !model.contains('/')).then_some(model)
+}
+
+/// Every answered inference request is counted: one the handler never saw
+/// (a body that does not inflate, a path that does not parse) is counted
+/// here, under its model when the repository knows it.
+async fn count_inference_answers(
+    Shared(state): Shared<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    // A cheap copy: the path is shared bytes.
+    let post = (request.method() == Method::POST).then(|| request.uri().clone());
+    let started = Instant::now();
+    let mut response = next.run(request).await;
+    if let Some(uri) = post
+        && response.extensions_mut().remove::<Counted>().is_none()
+        && let Some(model) = inference_model(uri.path())
+    {
+        state.repository.count_refused(model, crate::api::code_of_status(response.status()), started, false);
     }
     response
 }
@@ -183,10 +232,10 @@ async fn inflate_body(
 
 /// Errors go out as `{"error": "..."}` with the mapped status.
 fn error_response(error: Error) -> Response {
-    let overloaded = matches!(error, Error::Overloaded(_));
+    let retry_after = crate::api::retry_after_secs(&error);
     let mut response = (http_status(&error), axum::Json(json!({ "error": error.to_string() }))).into_response();
-    if overloaded {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(crate::api::RETRY_AFTER_SECS));
+    if let Some(secs) = retry_after {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     response
 }
@@ -213,12 +262,33 @@ async fn server_metadata() -> Response {
     json_reply(describe::to_json(&describe::server_metadata(), "inference.ServerMetadataResponse"))
 }
 
-async fn live() -> StatusCode {
-    StatusCode::OK
+/// The Open Inference Protocol's health bodies; the status code alone is
+/// what probes and tritonclient read.
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
 }
 
-async fn ready(Shared(state): Shared<AppState>) -> StatusCode {
-    if state.repository.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }
+async fn ready(Shared(state): Shared<AppState>) -> Response {
+    let ready = state.repository.is_ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": ready }))).into_response()
+}
+
+/// `GET /v2/models`: the names of the models (KServe's `models` list) and
+/// each version with its state, as RepositoryIndex gives them.
+async fn list_models(Shared(state): Shared<AppState>) -> Response {
+    json_reply(models_json(&state))
+}
+
+fn models_json(state: &State) -> Result<Value> {
+    let index = describe::repository_index(&state.repository, false);
+    let mut names: Vec<&str> = index.models.iter().map(|m| m.name.as_str()).collect();
+    names.dedup();
+    let versions = describe::to_json(&index, "inference.RepositoryIndexResponse")?
+        .get_mut("models")
+        .map(Value::take)
+        .unwrap_or_else(|| json!([]));
+    Ok(json!({ "models": names, "versions": versions }))
 }
 
 fn metadata(state: &State, model: &str, version: &str) -> Response {
@@ -238,10 +308,13 @@ async fn version_metadata(Shared(state): Shared<AppState>, Path((model, version)
 
 fn readiness(state: &State, model: &str, version: &str) -> Response {
     match state.repository.get(model, version) {
-        Ok(_) => StatusCode::OK.into_response(),
+        Ok(_) => axum::Json(json!({ "name": model, "ready": true })).into_response(),
         Err(Error::NotFound(m)) => error_response(Error::NotFound(m)),
         // Not ready: 4xx per the KServe REST protocol, as Triton answers.
-        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(json!({ "error": e.to_string() }))).into_response(),
+        Err(e) => {
+            (StatusCode::BAD_REQUEST, axum::Json(json!({ "name": model, "ready": false, "error": e.to_string() })))
+                .into_response()
+        }
     }
 }
 
@@ -309,18 +382,17 @@ async fn infer(state: AppState, model: String, version: String, headers: HeaderM
     Ok(reply)
 }
 
-/// Reads, decodes and runs one request; `span` is its server span, when traced.
-async fn answer(
+/// Reads the body, checks that the model can serve, and decodes the request.
+async fn prepare(
     state: &State,
     model: &str,
     version: &str,
     headers: &HeaderMap,
     body: Body,
-    span: Option<&mut RequestSpan>,
-) -> Result<(InferResponse, codec::OutputEncoding)> {
+    started: Instant,
+) -> Result<(crate::infer::InferRequest, codec::OutputEncoding)> {
     // The client's clock started before it sent the body.
-    let deadline = limits::deadline(headers, Instant::now())?;
-    let body = read_body(state, body).await?;
+    let deadline = limits::deadline(headers, started)?;
     let header_length = match headers.get(HEADER_LENGTH) {
         None => None,
         Some(v) => Some(
@@ -330,12 +402,40 @@ async fn answer(
                 .ok_or_else(|| Error::invalid("Inference-Header-Content-Length must be a non-negative integer"))?,
         ),
     };
+    let body = read_body(state, body).await?;
+    // An unknown model is 404 whatever its body holds, as in Triton.
+    state.repository.get(model, version)?;
     let (mut request, encoding) = codec::decode(model, version, body, header_length)?;
     request.deadline = deadline;
-    if let Some(span) = span {
-        span.attach(&mut request);
-    }
-    Ok((state.repository.infer(request).await?, encoding))
+    Ok((request, encoding))
+}
+
+/// Reads, decodes and runs one request; `span` is its server span, when traced.
+async fn answer(
+    state: &State,
+    model: &str,
+    version: &str,
+    headers: &HeaderMap,
+    body: Body,
+    span: Option<&mut RequestSpan>,
+) -> Result<(InferResponse, codec::OutputEncoding)> {
+    let started = Instant::now();
+    let (mut request, encoding) = match prepare(state, model, version, headers, body, started).await {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            // Answered before the repository saw it: counted here.
+            state.repository.count_refused(model, e.code(), started, false);
+            return Err(e);
+        }
+    };
+    let response = match span {
+        Some(span) => {
+            span.attach(&mut request);
+            state.repository.infer(request).instrument(span.log_scope()).await?
+        }
+        None => state.repository.infer(request).await?,
+    };
+    Ok((response, encoding))
 }
 
 async fn model_infer(
@@ -344,7 +444,9 @@ async fn model_infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer(state, model, String::new(), headers, body).await.unwrap_or_else(error_response)
+    let mut response = infer(state, model, String::new(), headers, body).await.unwrap_or_else(error_response);
+    response.extensions_mut().insert(Counted);
+    response
 }
 
 async fn version_infer(
@@ -353,7 +455,9 @@ async fn version_infer(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer(state, model, version, headers, body).await.unwrap_or_else(error_response)
+    let mut response = infer(state, model, version, headers, body).await.unwrap_or_else(error_response);
+    response.extensions_mut().insert(Counted);
+    response
 }
 
 /// Optional JSON body of a repository call, `{}` when empty.
@@ -398,10 +502,8 @@ async fn load(
     }
     .await;
     audit::record("load", &model, &extensions, result.as_ref().map(|_| ()));
-    match result {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => error_response(e),
-    }
+    // KServe's model repository extension answers {"name", "load": true}.
+    json_reply(result.map(|()| json!({ "name": model, "load": true })))
 }
 
 async fn unload(
@@ -417,10 +519,7 @@ async fn unload(
     }
     .await;
     audit::record("unload", &model, &extensions, result.as_ref().map(|_| ()));
-    match result {
-        Ok(()) => StatusCode::OK.into_response(),
-        Err(e) => error_response(e),
-    }
+    json_reply(result.map(|()| json!({ "name": model, "unload": true })))
 }
 
 /// `GET /v2/repository/models/{m}/canary`: the canary as it runs.
@@ -486,4 +585,19 @@ async fn steer_canary(
         audit::record(action_name, &model, &extensions, Err(e));
     }
     json_reply(result)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inference_model;
+
+    #[test]
+    fn inference_paths_name_their_model() {
+        assert_eq!(inference_model("/v2/models/mlp/infer"), Some("mlp"));
+        assert_eq!(inference_model("/v2/models/mlp/versions/2/infer"), Some("mlp"));
+        for other in ["/v2/models/mlp", "/v2/models//infer", "/v2/models/a/b/infer", "/v2/models/m/versions/1/x/infer"]
+        {
+            assert_eq!(inference_model(other), None, "{other}");
+        }
+    }
 }
