@@ -362,3 +362,89 @@ def test_a_bad_log_level_is_refused_by_name(repo):
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert run.returncode != 0
     assert "--log-level" in run.stderr and "info,=loud" in run.stderr
+
+
+# ------------------------------------------------------------------ a fuzz run, counted
+
+VALID_BODIES = {
+    "mlp": {"inputs": [GOOD_INPUT]},
+    "mixed": {"inputs": [
+        {"name": "a", "shape": [1, 4], "datatype": "FP32", "data": [1.5, 2.0, 3.0, 4.0]},
+        {"name": "b", "shape": [1, 4], "datatype": "INT32", "data": [1, 2, 3, -4]},
+        {"name": "mask", "shape": [1, 4], "datatype": "BOOL", "data": [True, False, True, False]}]},
+    "text": {"id": "t", "inputs": [{"name": "words", "shape": [1, 2], "datatype": "BYTES", "data": ["a", "b"]}],
+             "outputs": [{"name": "ids", "parameters": {"binary_data": True}}]},
+}  # fmt: skip
+ODD_VALUES = [None, True, -1, 0, 2**70, 1.5, "", "x", [], [1, [2]], {}, {"k": {"k": 1}}, "FP32", [1, 16]]
+
+
+def mutate(rng, value):
+    """`value` with one random change somewhere inside it."""
+    if isinstance(value, dict) and value and rng.random() < 0.8:
+        key = rng.choice(sorted(value))
+        roll = rng.random()
+        if roll < 0.2:
+            return {k: v for k, v in value.items() if k != key}
+        if roll < 0.4:
+            return {**value, key: ODD_VALUES[rng.integers(len(ODD_VALUES))]}
+        return {**value, key: mutate(rng, value[key])}
+    if isinstance(value, list) and value and rng.random() < 0.8:
+        i = int(rng.integers(len(value)))
+        return value[:i] + [mutate(rng, value[i])] + value[i + 1:]
+    return ODD_VALUES[rng.integers(len(ODD_VALUES))]
+
+
+def fuzzed_http(rng):
+    """(path, body bytes, headers) of one mutated inference request."""
+    model = rng.choice([*VALID_BODIES, "no_such_model"])
+    body = json.dumps(mutate(rng, VALID_BODIES.get(model, VALID_BODIES["mlp"]))).encode()
+    roll = rng.random()
+    headers = {"content-type": "application/json"}
+    if roll < 0.15:  # bytes flipped or cut
+        raw = bytearray(body)
+        for _ in range(int(rng.integers(1, 4))):
+            raw[int(rng.integers(len(raw)))] = int(rng.integers(256))
+        body = bytes(raw[: int(rng.integers(1, len(raw) + 1))])
+    elif roll < 0.25:
+        headers["inference-header-content-length"] = rng.choice(["0", "7", "-1", "x", str(len(body) + 9)])
+    elif roll < 0.35:
+        headers["content-encoding"] = "gzip"
+        body = gzip.compress(body) if rng.random() < 0.5 else body
+    elif roll < 0.4:
+        headers["x-request-timeout-ms"] = rng.choice(["0", "abc", "-5", "99999999999999999999"])
+    version = rng.choice(["", "", "/versions/1", "/versions/2", "/versions/x"])
+    return f"/v2/models/{model}{version}/infer", body, headers
+
+
+def test_a_fuzz_run_counts_every_answer(server):
+    """Seeded mutations of valid requests on both fronts: the answers the
+    clients got equal what ferroserve_requests_total counted over the run."""
+    rng = np.random.default_rng(2026)
+    before = total(scrape(server), "ferroserve_requests_total")
+    statuses = {}
+    for _ in range(300):
+        path, body, headers = fuzzed_http(rng)
+        status, _, _ = http(server, "POST", path, body, headers)
+        statuses[status] = statuses.get(status, 0) + 1
+    valid = infer_request("mlp", [("input", np.ones((1, 16), np.float32), "FP32")]).SerializeToString()
+    codes = {}
+    with grpc.insecure_channel(server.grpc_url) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        for _ in range(200):
+            message = bytearray(valid)
+            for _ in range(int(rng.integers(0, 3))):
+                message[int(rng.integers(len(message)))] = int(rng.integers(256))
+            if rng.random() < 0.3:
+                message = message[: int(rng.integers(1, len(message) + 1))]
+            try:
+                call(bytes(message), timeout=10)
+                code = "OK"
+            except grpc.RpcError as e:
+                code = e.code().name
+            codes[code] = codes.get(code, 0) + 1
+    answered = sum(statuses.values()) + sum(codes.values())
+    counted = total(scrape(server), "ferroserve_requests_total") - before
+    print(f"fuzz run: HTTP {sorted(statuses.items())}, gRPC {sorted(codes.items())}, counted {counted:.0f}")
+    assert counted == answered == 500, (statuses, codes)
+    assert sum(n for s, n in statuses.items() if s >= 400) > 100, statuses  # mostly refusals
+    assert "DEADLINE_EXCEEDED" not in codes, codes  # every call was answered by the server
