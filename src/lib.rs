@@ -5,7 +5,8 @@
 //! `repository` finds the model version and validates it, `scheduler` queues
 //! it for an instance thread, `runtime` runs ONNX Runtime, and `telemetry`
 //! records what happened. `security` decides, before any of that, who may
-//! call what and over which TLS.
+//! call what and over which TLS. `storage` mirrors a repository on object
+//! storage into a local folder that `repository` reads as any other.
 
 pub mod admission;
 pub mod api;
@@ -21,6 +22,7 @@ pub mod scheduler;
 pub mod security;
 pub mod server;
 pub mod shutdown;
+pub mod storage;
 pub mod telemetry;
 pub mod tensor;
 pub mod watch;

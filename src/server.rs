@@ -8,6 +8,7 @@ use crate::repository::{LoadContext, Repository};
 use crate::runtime::{Runtime, locate_library};
 use crate::security::{self, Security};
 use crate::shutdown;
+use crate::storage::{self, Location, Mirror};
 use crate::telemetry::slo::SloConfig;
 use crate::watch::Watcher;
 use anyhow::Context;
@@ -23,6 +24,8 @@ pub struct State {
     pub config: Config,
     /// TLS material and the auth policy, replaced in place by reloads.
     pub security: Arc<Security>,
+    /// The bucket mirror, when the repository is on object storage.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 /// ONNX Runtime, the metrics recorder and the repository, built from
@@ -37,9 +40,19 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
     }
     let metrics = crate::telemetry::install(&config.latency_buckets, config.triton_metrics)?;
     let security = Arc::new(Security::from_config(config)?);
-    if !config.model_repository.is_dir() {
-        anyhow::bail!("the model repository {} is not a directory", config.model_repository.display());
-    }
+    let (root, mirror) = match Location::parse(&config.model_repository)? {
+        Location::Local(path) => {
+            if !path.is_dir() {
+                anyhow::bail!("the model repository {} is not a directory", path.display());
+            }
+            (path, None)
+        }
+        Location::Remote(remote) => {
+            let folder = storage::cache_folder(&config.repository_cache_dir, &remote.url);
+            let mirror = Mirror::new(remote, folder, config.repository_ready_marker.clone())?;
+            (mirror.models(), Some(Arc::new(mirror)))
+        }
+    };
     let default_slo = SloConfig {
         latency_threshold: config.slo_latency_seconds,
         latency_objective: config.slo_latency_objective,
@@ -49,7 +62,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
     default_slo.validate(&config.latency_buckets).map_err(|e| anyhow::anyhow!("--slo-*: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let repository = Arc::new(Repository::new(
-        config.model_repository.clone(),
+        root,
         runtime,
         LoadContext {
             cores,
@@ -63,7 +76,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
         },
         config.strict_readiness,
     ));
-    Ok((Arc::new(State { repository, config: config.clone(), security }), metrics))
+    Ok((Arc::new(State { repository, config: config.clone(), security, mirror }), metrics))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -90,9 +103,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let limits = api::listen::Limits::from(&config);
     let watch_until = phases.accept_until.clone();
     let reload_until = phases.accept_until.clone();
+    let mirror_until = phases.accept_until.clone();
     let metrics_task = tokio::spawn(api::http::serve_metrics(metrics_listener, metrics, state.clone(), limits, phases));
     let reload_every = Duration::from_secs(config.security_reload_secs);
     let reload_task = tokio::spawn(security::reload::run(state.security.clone(), reload_every, reload_until));
+
+    // A repository on object storage: the cache is brought up to date
+    // before anything loads (a store out of reach leaves it as it was), then
+    // kept so every poll period in poll and explicit modes.
+    if let Some(mirror) = &state.mirror {
+        mirror.initial_sync().await;
+    }
+    let mirror_task = match (&state.mirror, config.model_control_mode) {
+        (Some(mirror), ControlMode::Poll | ControlMode::Explicit) => {
+            Some(tokio::spawn(mirror.clone().run(Duration::from_secs(config.repository_poll_secs), mirror_until)))
+        }
+        _ => None,
+    };
 
     // Poll mode: the watch starts (events, baseline fingerprints) before the
     // initial load, so a change made while models load is applied after it;
@@ -152,6 +179,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
     slo_task.abort();
+    if let Some(task) = mirror_task {
+        task.abort();
+    }
     reload_task.abort();
     tracing::info!("stopped");
     Ok(())

@@ -149,6 +149,12 @@ pub struct Repository {
 }
 
 impl Repository {
+    /// The folder the repository is read from (a bucket's mirror, for one on
+    /// object storage).
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn new(root: PathBuf, runtime: Runtime, context: LoadContext, strict_readiness: bool) -> Self {
         Repository {
             root,

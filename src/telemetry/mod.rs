@@ -65,6 +65,13 @@ pub const SLO_BUDGET_REMAINING: &str = "ferroserve_slo_error_budget_remaining";
 /// Repository changes applied in poll mode, by model and action ("load" /
 /// "unload").
 pub const REPOSITORY_CHANGES_TOTAL: &str = "ferroserve_repository_changes_total";
+/// Time one sync of a repository on object storage took (listing and
+/// downloads), seconds.
+pub const REPOSITORY_SYNC_SECONDS: &str = "ferroserve_repository_sync_seconds";
+/// Syncs or units that failed, by reason ("list", "download", "verify", "io").
+pub const REPOSITORY_SYNC_ERRORS_TOTAL: &str = "ferroserve_repository_sync_errors_total";
+/// Bytes downloaded from object storage.
+pub const REPOSITORY_DOWNLOADED_BYTES_TOTAL: &str = "ferroserve_repository_downloaded_bytes_total";
 /// Certificate and key reloads, by outcome ("success" / "failure"); a
 /// failure leaves the old pair serving.
 pub const TLS_RELOADS_TOTAL: &str = "ferroserve_tls_reloads_total";
@@ -131,6 +138,17 @@ fn describe() {
     metrics::describe_gauge!(SLO_BURN_RATE, "Error-budget burn rate per model, SLI and window");
     metrics::describe_gauge!(SLO_BUDGET_REMAINING, "Error budget left over the SLO period per model and SLI");
     metrics::describe_counter!(REPOSITORY_CHANGES_TOTAL, "Repository changes applied in poll mode, by action");
+    metrics::describe_histogram!(
+        REPOSITORY_SYNC_SECONDS,
+        metrics::Unit::Seconds,
+        "Time one sync of the repository from object storage took"
+    );
+    metrics::describe_counter!(REPOSITORY_SYNC_ERRORS_TOTAL, "Repository syncs or units that failed, by reason");
+    metrics::describe_counter!(
+        REPOSITORY_DOWNLOADED_BYTES_TOTAL,
+        metrics::Unit::Bytes,
+        "Bytes downloaded from object storage"
+    );
     metrics::describe_counter!(TLS_RELOADS_TOTAL, "TLS certificate and key reloads, by outcome");
     metrics::describe_gauge!(TLS_CERT_EXPIRY, "When the served TLS certificate expires, seconds since the epoch");
     metrics::describe_counter!(AUTH_KEYS_RELOADS_TOTAL, "API key file reloads, by outcome");
@@ -307,6 +325,15 @@ pub fn publish_slo(model: &str, config: &slo::SloConfig, report: &slo::SloReport
     }
     metrics::gauge!(SLO_BUDGET_REMAINING, "model" => m(), "slo" => "latency").set(report.budget.0);
     metrics::gauge!(SLO_BUDGET_REMAINING, "model" => m(), "slo" => "availability").set(report.budget.1);
+}
+
+/// Counts one failed repository sync or unit, by reason.
+pub fn record_sync_error(reason: &'static str) {
+    metrics::counter!(REPOSITORY_SYNC_ERRORS_TOTAL, "reason" => reason).increment(1);
+}
+
+pub fn record_downloaded_bytes(bytes: u64) {
+    metrics::counter!(REPOSITORY_DOWNLOADED_BYTES_TOTAL).increment(bytes);
 }
 
 pub fn set_models_ready(count: usize) {

@@ -77,7 +77,7 @@ impl Watcher {
     /// the baseline the initial load serves. Call it before that load, so a
     /// change made while models load is applied afterwards.
     pub async fn start(repository: Arc<Repository>, config: &Config) -> Watcher {
-        let root = config.model_repository.clone();
+        let root = repository.root().to_path_buf();
         let with_events = config.repository_watch_events;
         // Both walk the tree: off the runtime's threads. Events first, so
         // nothing falls between the baseline and the watch.

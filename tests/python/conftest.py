@@ -72,11 +72,14 @@ def _stop(proc: subprocess.Popen):
 
 
 @contextlib.contextmanager
-def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None):
+def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None, url: "str | None" = None,
+                   env: "dict | None" = None):
     """ferroserve on `repo` (plus `flags`) on free 127.0.0.1 ports, ready;
     stopped when the block ends. With `tls` (a client context trusting the
     server's CA, with a client certificate where mTLS is on), readiness is
-    asked over HTTPS."""
+    asked over HTTPS. With `url` (a bucket: s3://…), that is the repository
+    and `repo` only names the log (beside it) and the working directory's
+    cache; `env` adds environment variables."""
     binary = _server_binary()
     if not binary.exists():
         pytest.fail(
@@ -84,7 +87,7 @@ def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None)
         )
     cmd = [
         str(binary),
-        "--model-repository", str(repo),
+        "--model-repository", url or str(repo),
         "--grpc-port", "0",
         "--http-port", "0",
         "--metrics-port", "0",
@@ -98,6 +101,7 @@ def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None)
     proc = subprocess.Popen(
         cmd,
         cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,
