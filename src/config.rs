@@ -27,8 +27,10 @@ pub struct Config {
     /// Directory holding <model>/<version>/model.onnx and optional
     /// <model>/config.pbtxt, or a bucket prefix holding the same:
     /// s3://bucket/prefix, gs://bucket/prefix, az://container/prefix.
-    #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models")]
-    pub model_repository: PathBuf,
+    /// Repeatable (comma-separated in the variable): a model's name must be
+    /// unique across them.
+    #[arg(long, env = "FERROSERVE_MODEL_REPOSITORY", default_value = "models", value_delimiter = ',')]
+    pub model_repository: Vec<PathBuf>,
 
     /// Where a repository on object storage is mirrored (one subfolder per
     /// URL); what it holds survives restarts.

@@ -24,8 +24,8 @@ pub struct State {
     pub config: Config,
     /// TLS material and the auth policy, replaced in place by reloads.
     pub security: Arc<Security>,
-    /// The bucket mirror, when the repository is on object storage.
-    pub mirror: Option<Arc<Mirror>>,
+    /// The bucket mirrors, one per repository on object storage.
+    pub mirrors: Vec<Arc<Mirror>>,
 }
 
 /// ONNX Runtime, the metrics recorder and the repository, built from
@@ -40,19 +40,26 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
     }
     let metrics = crate::telemetry::install(&config.latency_buckets, config.triton_metrics)?;
     let security = Arc::new(Security::from_config(config)?);
-    let (root, mirror) = match Location::parse(&config.model_repository)? {
-        Location::Local(path) => {
-            if !path.is_dir() {
-                anyhow::bail!("the model repository {} is not a directory", path.display());
+    let (mut roots, mut mirrors) = (Vec::new(), Vec::new());
+    for value in &config.model_repository {
+        match Location::parse(value)? {
+            Location::Local(path) => {
+                if !path.is_dir() {
+                    anyhow::bail!("the model repository {} is not a directory", path.display());
+                }
+                roots.push(path);
             }
-            (path, None)
+            Location::Remote(remote) => {
+                let folder = storage::cache_folder(&config.repository_cache_dir, &remote.url);
+                let mirror = Mirror::new(remote, folder, config.repository_ready_marker.clone())?;
+                roots.push(mirror.models());
+                mirrors.push(Arc::new(mirror));
+            }
         }
-        Location::Remote(remote) => {
-            let folder = storage::cache_folder(&config.repository_cache_dir, &remote.url);
-            let mirror = Mirror::new(remote, folder, config.repository_ready_marker.clone())?;
-            (mirror.models(), Some(Arc::new(mirror)))
-        }
-    };
+    }
+    if roots.is_empty() {
+        anyhow::bail!("--model-repository names no repository");
+    }
     let default_slo = SloConfig {
         latency_threshold: config.slo_latency_seconds,
         latency_objective: config.slo_latency_objective,
@@ -62,7 +69,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
     default_slo.validate(&config.latency_buckets).map_err(|e| anyhow::anyhow!("--slo-*: {e}"))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let repository = Arc::new(Repository::new(
-        root,
+        roots,
         runtime,
         LoadContext {
             cores,
@@ -76,7 +83,7 @@ pub fn prepare(config: &Config) -> anyhow::Result<(Arc<State>, PrometheusHandle)
         },
         config.strict_readiness,
     ));
-    Ok((Arc::new(State { repository, config: config.clone(), security, mirror }), metrics))
+    Ok((Arc::new(State { repository, config: config.clone(), security, mirrors }), metrics))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -111,14 +118,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // A repository on object storage: the cache is brought up to date
     // before anything loads (a store out of reach leaves it as it was), then
     // kept so every poll period in poll and explicit modes.
-    if let Some(mirror) = &state.mirror {
+    for mirror in &state.mirrors {
         mirror.initial_sync().await;
     }
-    let mirror_task = match (&state.mirror, config.model_control_mode) {
-        (Some(mirror), ControlMode::Poll | ControlMode::Explicit) => {
-            Some(tokio::spawn(mirror.clone().run(Duration::from_secs(config.repository_poll_secs), mirror_until)))
-        }
-        _ => None,
+    let mirror_tasks: Vec<_> = match config.model_control_mode {
+        ControlMode::Poll | ControlMode::Explicit => state
+            .mirrors
+            .iter()
+            .map(|mirror| {
+                tokio::spawn(mirror.clone().run(Duration::from_secs(config.repository_poll_secs), mirror_until.clone()))
+            })
+            .collect(),
+        ControlMode::None => Vec::new(),
     };
 
     // Poll mode: the watch starts (events, baseline fingerprints) before the
@@ -179,7 +190,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
     slo_task.abort();
-    if let Some(task) = mirror_task {
+    for task in mirror_tasks {
         task.abort();
     }
     reload_task.abort();

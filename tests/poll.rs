@@ -198,3 +198,33 @@ async fn load_and_unload_requests_are_refused_in_poll_mode() {
     }
     check_mlp_response(&infer(&mut client, "mlp").await.unwrap(), 1);
 }
+
+/// Several `--model-repository` folders, as in Triton: the models of each
+/// are served, each folder is watched, and a name two of them hold loads
+/// from neither, saying why.
+#[tokio::test]
+async fn several_repositories_are_served_and_watched_and_a_shared_name_is_refused() {
+    let first = temp_repository(&[(&shipped_models(), "mlp")]);
+    let second = temp_repository(&[(&shipped_models(), "text")]);
+    let second_path = second.path().to_str().unwrap();
+    let server = Server::start(first.path(), &[&POLL[..], &["--model-repository", second_path]].concat());
+    let mut client = server.grpc_client().await;
+    assert_eq!(infer(&mut client, "mlp").await.unwrap().model_version, "1");
+    let ready = |name: &str| pb::ModelReadyRequest { name: name.into(), version: String::new() };
+    assert!(client.model_ready(ready("text")).await.unwrap().into_inner().ready, "the second folder's model");
+
+    // A model appearing in the second folder loads.
+    common::copy_dir(&test_models().join("mlp_auto"), &second.path().join("mlp2"));
+    check_mlp_response(&wait_for_version(&mut client, "mlp2", "1").await, 1);
+
+    // The same name in both folders: neither copy is served.
+    common::copy_dir(&shipped_models().join("mlp"), &second.path().join("mlp"));
+    let message = wait_for_error(&mut client, "mlp", Code::Unavailable).await;
+    assert!(message.contains("unloaded") || message.contains("not ready"), "{message}");
+    let restarted = Server::start(first.path(), &["--model-repository", second_path]);
+    let mut client = restarted.grpc_client().await;
+    let refused = infer(&mut client, "mlp").await.unwrap_err();
+    assert!(refused.message().contains("mlp"), "{}", refused.message());
+    let index = client.repository_index(pb::RepositoryIndexRequest::default()).await.unwrap().into_inner();
+    assert!(index.models.iter().any(|m| m.name == "text" && m.state == "READY"), "{index:?}");
+}

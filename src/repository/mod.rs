@@ -130,7 +130,9 @@ struct ModelState {
 }
 
 pub struct Repository {
-    root: PathBuf,
+    /// The folders read (one per --model-repository; a bucket's mirror for
+    /// one on object storage).
+    roots: Vec<PathBuf>,
     runtime: Runtime,
     context: LoadContext,
     /// Written by load/unload; read per request (never held across .await).
@@ -149,15 +151,15 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// The folder the repository is read from (a bucket's mirror, for one on
-    /// object storage).
-    pub fn root(&self) -> &std::path::Path {
-        &self.root
+    /// The folders the repository is read from (a bucket's mirror, for one
+    /// on object storage).
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
     }
 
-    pub fn new(root: PathBuf, runtime: Runtime, context: LoadContext, strict_readiness: bool) -> Self {
+    pub fn new(roots: Vec<PathBuf>, runtime: Runtime, context: LoadContext, strict_readiness: bool) -> Self {
         Repository {
-            root,
+            roots,
             runtime,
             context,
             models: RwLock::new(BTreeMap::new()),
@@ -169,9 +171,14 @@ impl Repository {
         }
     }
 
-    /// Names of the model directories in the repository.
+    /// Names of the model directories in the repositories.
     pub fn scan(&self) -> std::io::Result<Vec<String>> {
-        scan::model_names(&self.root)
+        scan::model_names_in(&self.roots)
+    }
+
+    /// The directory of a model, in whichever repository holds it.
+    pub fn model_dir(&self, name: &str) -> std::result::Result<PathBuf, String> {
+        scan::model_dir(&self.roots, name)
     }
 
     pub fn set_ready(&self, ready: bool) {
@@ -230,7 +237,7 @@ impl Repository {
     /// config.pbtxt (a load request's `config` parameter). A later load
     /// without it reads config.pbtxt again.
     pub async fn load_with(self: &Arc<Self>, name: &str, config_json: Option<String>) -> Result<()> {
-        let dir = scan::model_dir(&self.root, name).map_err(Error::NotFound)?;
+        let dir = self.model_dir(name).map_err(Error::NotFound)?;
         let _one_at_a_time = self.loads.lock().await;
         {
             let mut models = self.models.write();

@@ -20,13 +20,37 @@ pub fn model_names(root: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-/// The directory of model `name`, refusing names that would leave `root`.
-pub fn model_dir(root: &Path, name: &str) -> Result<PathBuf, String> {
+/// The names of the model directories in any of `roots`, sorted, each once.
+pub fn model_names_in(roots: &[PathBuf]) -> std::io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for root in roots {
+        names.extend(model_names(root)?);
+    }
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// The directory of model `name` in whichever of `roots` holds it,
+/// refusing names that would leave them and a name that two of them hold
+/// (a model's name must be unique across repositories, as in Triton).
+pub fn model_dir(roots: &[PathBuf], name: &str) -> Result<PathBuf, String> {
     if name.is_empty() || name.starts_with('.') || name.contains(['/', '\\']) {
         return Err(format!("'{name}' is not a valid model name"));
     }
-    let dir = root.join(name);
-    if dir.is_dir() { Ok(dir) } else { Err(format!("no model '{name}' in the repository {}", root.display())) }
+    let found: Vec<PathBuf> = roots.iter().map(|root| root.join(name)).filter(|dir| dir.is_dir()).collect();
+    match found.as_slice() {
+        [dir] => Ok(dir.clone()),
+        [] => {
+            let roots: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
+            Err(format!("no model '{name}' in the repository {}", roots.join(", ")))
+        }
+        [first, second, ..] => Err(format!(
+            "model '{name}' is in two repositories, {} and {}: a model's name must be unique across them",
+            first.display(),
+            second.display()
+        )),
+    }
 }
 
 /// The model's config.pbtxt, or an empty config to complete from the graph:

@@ -33,7 +33,7 @@ use crate::telemetry;
 use fingerprint::fingerprint;
 use settle::{Action, Change, Observed, Settle};
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -66,7 +66,6 @@ struct Events {
 /// The watch task's state.
 pub struct Watcher {
     repository: Arc<Repository>,
-    root: PathBuf,
     period: Duration,
     settle: Settle,
     events: Option<Events>,
@@ -77,15 +76,15 @@ impl Watcher {
     /// the baseline the initial load serves. Call it before that load, so a
     /// change made while models load is applied afterwards.
     pub async fn start(repository: Arc<Repository>, config: &Config) -> Watcher {
-        let root = repository.root().to_path_buf();
+        let roots = repository.roots().to_vec();
         let with_events = config.repository_watch_events;
         // Both walk the tree: off the runtime's threads. Events first, so
         // nothing falls between the baseline and the watch.
         let started = {
-            let (repository, root) = (repository.clone(), root.clone());
+            let (repository, roots) = (repository.clone(), roots.clone());
             tokio::task::spawn_blocking(move || {
-                let events = if with_events { listen(&root) } else { None };
-                (events, look(&repository, &root, None, Vec::new()))
+                let events = if with_events { listen(&roots) } else { None };
+                (events, look(&repository, None, Vec::new()))
             })
         };
         let (events, found) = started.await.expect("starting the repository watch panicked; this is a bug");
@@ -101,13 +100,14 @@ impl Watcher {
             Err(e) => tracing::warn!(error = %e, "cannot read the model repository to watch it"),
         }
         let period = Duration::from_secs(config.repository_poll_secs);
+        let shown: Vec<String> = roots.iter().map(|r| r.display().to_string()).collect();
         tracing::info!(
-            root = %root.display(),
+            roots = %shown.join(", "),
             events = events.is_some(),
             rescan_secs = config.repository_poll_secs,
             "watching the model repository"
         );
-        Watcher { repository, root, period, settle: Settle::new(applied, SETTLE), events }
+        Watcher { repository, period, settle: Settle::new(applied, SETTLE), events }
     }
 
     /// Applies changes until shutdown begins.
@@ -155,8 +155,8 @@ impl Watcher {
     /// Looks at `names` (every model when `None`) and returns the first
     /// change that settled.
     async fn round(&mut self, names: Option<Vec<String>>) -> Option<Change> {
-        let (repository, root, known) = (self.repository.clone(), self.root.clone(), self.settle.known());
-        let found = tokio::task::spawn_blocking(move || look(&repository, &root, names, known))
+        let (repository, known) = (self.repository.clone(), self.settle.known());
+        let found = tokio::task::spawn_blocking(move || look(&repository, names, known))
             .await
             .expect("fingerprinting the repository panicked; this is a bug");
         let found = match found {
@@ -235,12 +235,7 @@ async fn next_event(events: &mut Option<Events>) -> Option<Touched> {
 /// every model in `known`), each with when it was taken.
 type Looked = Vec<(String, Instant, std::io::Result<Observed>)>;
 
-fn look(
-    repository: &Repository,
-    root: &Path,
-    names: Option<Vec<String>>,
-    known: Vec<String>,
-) -> std::io::Result<Looked> {
+fn look(repository: &Repository, names: Option<Vec<String>>, known: Vec<String>) -> std::io::Result<Looked> {
     let on_disk: BTreeSet<String> = repository.scan()?.into_iter().collect();
     let names = names.unwrap_or_else(|| {
         let all: BTreeSet<String> = on_disk.iter().cloned().chain(known).collect();
@@ -250,34 +245,40 @@ fn look(
         .into_iter()
         .map(|name| {
             let at = Instant::now();
-            let seen = if on_disk.contains(&name) {
-                fingerprint(&root.join(&name)).map(|f| f.map_or(Observed::Absent, Observed::Present))
-            } else {
-                Ok(Observed::Absent)
+            // A name in two repositories is no model: its load says why.
+            let seen = match repository.model_dir(&name) {
+                Ok(dir) if on_disk.contains(&name) => {
+                    fingerprint(&dir).map(|f| f.map_or(Observed::Absent, Observed::Present))
+                }
+                _ => Ok(Observed::Absent),
             };
             (name, at, seen)
         })
         .collect())
 }
 
-/// Sets up the recursive watch on `root`; `None` (with a warning) when it
-/// cannot be, e.g. past the inotify watch limit.
-fn listen(root: &Path) -> Option<Events> {
+/// Sets up the recursive watch on every root; `None` (with a warning) when
+/// it cannot be, e.g. past the inotify watch limit.
+fn listen(roots: &[PathBuf]) -> Option<Events> {
     use notify::Watcher as _;
     let (sender, receiver) = mpsc::channel(EVENT_BUFFER);
     let overflowed = Arc::new(AtomicBool::new(false));
     let handler = {
-        let (root, overflowed) = (root.to_path_buf(), overflowed.clone());
+        let (roots, overflowed) = (roots.to_vec(), overflowed.clone());
         move |event: notify::Result<notify::Event>| {
-            for touched in touched(&root, event) {
+            for touched in touched(&roots, event) {
                 if let Err(mpsc::error::TrySendError::Full(_)) = sender.try_send(touched) {
                     overflowed.store(true, Ordering::Relaxed);
                 }
             }
         }
     };
-    let watched = notify::recommended_watcher(handler)
-        .and_then(|mut watcher| watcher.watch(root, notify::RecursiveMode::Recursive).map(|()| watcher));
+    let watched = notify::recommended_watcher(handler).and_then(|mut watcher| {
+        for root in roots {
+            watcher.watch(root, notify::RecursiveMode::Recursive)?;
+        }
+        Ok(watcher)
+    });
     match watched {
         Ok(watcher) => Some(Events { _watcher: watcher, receiver, overflowed }),
         Err(e) => {
@@ -290,7 +291,7 @@ fn listen(root: &Path) -> Option<Events> {
 /// What an event means for the watch task: the models it names. Reads
 /// (opening a file, our own loads among them) change nothing and are
 /// ignored; a lost event or an error means look at everything.
-fn touched(root: &Path, event: notify::Result<notify::Event>) -> Vec<Touched> {
+fn touched(roots: &[PathBuf], event: notify::Result<notify::Event>) -> Vec<Touched> {
     use notify::event::{AccessKind, AccessMode, EventKind};
     let event = match event {
         Ok(event) => event,
@@ -304,7 +305,8 @@ fn touched(root: &Path, event: notify::Result<notify::Event>) -> Vec<Touched> {
     }
     let mut models = Vec::new();
     for path in &event.paths {
-        let first = path.strip_prefix(root).ok().and_then(|rest| rest.components().next());
+        let first =
+            roots.iter().find_map(|root| path.strip_prefix(root).ok()).and_then(|rest| rest.components().next());
         let touched = match first {
             Some(Component::Normal(name)) => {
                 let name = name.to_string_lossy();
@@ -338,7 +340,7 @@ mod tests {
 
     #[test]
     fn events_name_the_models_they_touch() {
-        let root = Path::new("/repo");
+        let root = &[PathBuf::from("/repo")][..];
         let create = EventKind::Create(CreateKind::File);
         assert_eq!(touched(root, event(create, &["/repo/mlp/2/model.onnx"])), [model("mlp")]);
         assert_eq!(touched(root, event(create, &["/repo/mlp"])), [model("mlp")]);
@@ -351,7 +353,7 @@ mod tests {
 
     #[test]
     fn reads_and_hidden_entries_are_ignored_and_lost_events_mean_everything() {
-        let root = Path::new("repo");
+        let root = &[PathBuf::from("repo")][..];
         let open = EventKind::Access(AccessKind::Open(AccessMode::Read));
         assert!(touched(root, event(open, &["repo/mlp/1/model.onnx"])).is_empty());
         assert!(touched(root, event(EventKind::Any, &["repo/.git/index"])).is_empty());

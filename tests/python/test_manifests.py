@@ -599,3 +599,65 @@ def test_kserve_checks_catch(kserve):
 def test_probe_paths_are_documented():
     text = README.read_text()
     assert READY_PATH in text and LIVE_PATH in text
+
+
+# --------------------------------------------------------------------------- models from a bucket
+
+OBJECT_STORAGE_DOCS = load_documents(K8S_DIR / "object-storage")
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_object_storage_example_validates(version):
+    assert [doc["kind"] for _, doc in OBJECT_STORAGE_DOCS] == ["Deployment"]
+    for _, doc in OBJECT_STORAGE_DOCS:
+        validate_kubernetes(doc, version)
+
+
+def object_storage_problems(deployment, main_deployment):
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    values, problems = server_problems(
+        container,
+        {"--http-port": ports.get("http"), "--grpc-port": ports.get("grpc"), "--metrics-port": ports.get("metrics")},
+    )
+    repository = flag(values, "--model-repository")
+    if not repository.startswith(("s3://", "gs://", "az://")):
+        problems.append(f"--model-repository {repository} is not a bucket URL")
+    mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
+    cache = mounts.get(flag(values, "--repository-cache-dir"))
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    if cache is None or cache.get("readOnly") or "emptyDir" not in volumes.get(cache["name"], {}):
+        problems.append("--repository-cache-dir must be a writable emptyDir mount (the root filesystem is read-only)")
+    if not pod.get("serviceAccountName"):
+        problems.append("a ServiceAccount carries the workload identity that reads the bucket")
+    if flag(values, "--model-control-mode") != "poll":
+        problems.append("--model-control-mode poll: uploading to the bucket deploys")
+    if deployment["spec"]["template"]["metadata"]["labels"] != main_deployment["spec"]["template"]["metadata"]["labels"]:
+        problems.append("the pods must carry the labels the Service, PDB and HPA select")
+    return problems
+
+
+def test_object_storage_example_reads_a_bucket_into_a_writable_cache(k8s):
+    deployment = only(copy.deepcopy(OBJECT_STORAGE_DOCS), "Deployment")
+    assert object_storage_problems(deployment, k8s["Deployment"]) == []
+
+
+def test_object_storage_checks_catch(k8s):
+    deployment = only(copy.deepcopy(OBJECT_STORAGE_DOCS), "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    args[args.index("--model-repository") + 1] = "/models"
+    container["volumeMounts"][0]["readOnly"] = True
+    problems = object_storage_problems(deployment, k8s["Deployment"])
+    assert any("not a bucket URL" in p for p in problems), problems
+    assert any("writable emptyDir" in p for p in problems), problems
+
+
+def test_kserve_object_storage_example_validates():
+    (doc,) = [doc for _, doc in load_documents(KSERVE_DIR / "object-storage")]
+    validate_kserve(doc)
+    predictor = doc["spec"]["predictor"]
+    assert predictor["model"]["storageUri"].startswith("s3://")
+    assert predictor["model"]["runtime"] == only(KSERVE_DOCS, "ServingRuntime")["metadata"]["name"]
+    assert predictor["serviceAccountName"], "the storage initializer reads the bucket as this ServiceAccount"
