@@ -58,31 +58,33 @@ fetch_ort() {
   rm -rf "$tmp"
 }
 
-fetch_venv() {
-  local venv="$deps/venv"
-  local stamp="$venv/.ferroserve-$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION-c$CRYPTOGRAPHY_VERSION-b$BOTO3_VERSION"
+# A venv at $1, made once per $2 (a stamp naming what it holds), with the
+# packages that follow; $3 says what it is for the log.
+make_venv() { # venv stamp what packages...
+  local venv="$1" stamp="$1/.ferroserve-$2" what="$3"
+  shift 3
   [ -f "$stamp" ] && return 0
-  echo "setup: creating Python venv with tritonclient $TRITONCLIENT_VERSION" >&2
+  echo "setup: creating Python venv with $what" >&2
   "$python" -m venv "$venv"
   "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
+  "$venv/bin/pip" install --quiet "$@"
+  touch "$stamp"
+}
+
+fetch_venv() {
+  make_venv "$deps/venv" \
+    "$ORT_VERSION-$TRITONCLIENT_VERSION-kv$KUBERNETES_VALIDATE_VERSION-c$CRYPTOGRAPHY_VERSION-b$BOTO3_VERSION" \
+    "tritonclient $TRITONCLIENT_VERSION" \
+    "numpy<2" "onnx==1.17.0" "onnxruntime==$ORT_VERSION" \
     "tritonclient[grpc,http]==$TRITONCLIENT_VERSION" "pytest==8.3.4" \
     "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "jsonschema==4.26.0" "PyYAML==6.0.3" \
     "cryptography==$CRYPTOGRAPHY_VERSION" "boto3==$BOTO3_VERSION"
-  touch "$stamp"
 }
 
 # The KServe SDK needs protobuf 6, tritonclient 4: a venv of its own, which
 # tests/python/test_kserve.py drives through tests/python/kserve_calls.py.
 fetch_kserve_venv() {
-  local venv="$deps/kserve-venv"
-  local stamp="$venv/.ferroserve-kserve-$KSERVE_VERSION"
-  [ -f "$stamp" ] && return 0
-  echo "setup: creating Python venv with the KServe SDK $KSERVE_VERSION" >&2
-  "$python" -m venv "$venv"
-  "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet "kserve==$KSERVE_VERSION"
-  touch "$stamp"
+  make_venv "$deps/kserve-venv" "kserve-$KSERVE_VERSION" "the KServe SDK $KSERVE_VERSION" "kserve==$KSERVE_VERSION"
 }
 
 fetch_seaweedfs() {

@@ -1,7 +1,8 @@
 //! One object to one file, checked against its listing: the store must
 //! still hold the version listed (its ETag, as a precondition of every
 //! read) and exactly the bytes listed. Large objects come in ranged reads,
-//! a few at once, so memory stays bounded whatever the size.
+//! several at once, each written as it arrives, so memory stays bounded
+//! whatever the size.
 
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
@@ -12,8 +13,9 @@ use std::path::Path;
 /// Objects up to this size come in one read; larger ones in reads of this size.
 pub const CHUNK: u64 = 8 << 20;
 
-/// Ranged reads in flight at once for one large object (memory: CHUNK each).
-const PARALLEL: usize = 4;
+/// Ranged reads in flight at once for one large object (each body is
+/// written as it comes, so this bounds connections, not memory).
+const PARALLEL: usize = 8;
 
 /// What went wrong, by the `reason` label of the sync error counter.
 #[derive(Debug)]
@@ -56,7 +58,9 @@ fn read_error(location: &ObjectPath, e: object_store::Error) -> Failure {
 }
 
 /// Downloads `location` into `dest` (created), checking it is `size` bytes
-/// with `e_tag`; calls `progress` with each piece's length.
+/// with `e_tag`; calls `progress` with each piece's length. Each read's
+/// body is written as it arrives, at its offset, so memory holds only the
+/// pieces in flight, whatever the object's size.
 pub async fn object(
     store: &dyn ObjectStore,
     location: &ObjectPath,
@@ -65,50 +69,39 @@ pub async fn object(
     dest: &Path,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<(), Failure> {
-    let io = |e: std::io::Error| Failure::Io(format!("writing {}: {e}", dest.display()));
-    let file = std::fs::File::create(dest).map_err(io)?;
-    let options =
-        |range: Option<GetRange>| GetOptions { if_match: e_tag.map(str::to_string), range, ..Default::default() };
+    let file = std::fs::File::create(dest).map_err(|e| Failure::Io(format!("writing {}: {e}", dest.display())))?;
+    let ranges: Vec<_> = (0..size.div_ceil(CHUNK).max(1)).map(|i| i * CHUNK..((i + 1) * CHUNK).min(size)).collect();
+    let whole = ranges.len() == 1;
+    let read = |range: std::ops::Range<u64>| {
+        let file = &file;
+        async move {
+            let options = GetOptions {
+                if_match: e_tag.map(str::to_string),
+                // One read asks for the object, so a size that is not as
+                // listed shows; more ask for their ranges.
+                range: (!whole).then(|| GetRange::Bounded(range.clone())),
+                ..Default::default()
+            };
+            let result = store.get_opts(location, options).await.map_err(|e| read_error(location, e))?;
+            check_e_tag(location, e_tag, result.meta.e_tag.as_deref())?;
+            let mut at = range.start;
+            let mut pieces = result.into_stream();
+            while let Some(piece) = pieces.next().await {
+                let piece = piece.map_err(|e| read_error(location, e))?;
+                if at + piece.len() as u64 > range.end {
+                    return Err(Failure::Verify(format!("{location} holds more than the {size} bytes listed")));
+                }
+                file.write_all_at(&piece, at).map_err(|e| Failure::Io(format!("writing {}: {e}", dest.display())))?;
+                at += piece.len() as u64;
+                progress(piece.len() as u64);
+            }
+            Ok::<_, Failure>(at - range.start)
+        }
+    };
+    let mut reads = futures::stream::iter(ranges).map(read).buffer_unordered(PARALLEL);
     let mut written = 0u64;
-    if size <= CHUNK {
-        let result = store.get_opts(location, options(None)).await.map_err(|e| read_error(location, e))?;
-        check_e_tag(location, e_tag, result.meta.e_tag.as_deref())?;
-        let mut pieces = result.into_stream();
-        while let Some(piece) = pieces.next().await {
-            let piece = piece.map_err(|e| read_error(location, e))?;
-            if written + piece.len() as u64 > size {
-                return Err(Failure::Verify(format!("{location} holds more than the {size} bytes listed")));
-            }
-            file.write_all_at(&piece, written).map_err(io)?;
-            written += piece.len() as u64;
-            progress(piece.len() as u64);
-        }
-    } else {
-        let ranges = (0..size.div_ceil(CHUNK)).map(|i| i * CHUNK..((i + 1) * CHUNK).min(size));
-        let mut reads = futures::stream::iter(ranges)
-            .map(|range| async move {
-                let result = store
-                    .get_opts(location, options(Some(GetRange::Bounded(range.clone()))))
-                    .await
-                    .map_err(|e| read_error(location, e))?;
-                check_e_tag(location, e_tag, result.meta.e_tag.as_deref())?;
-                let bytes = result.bytes().await.map_err(|e| read_error(location, e))?;
-                Ok::<_, Failure>((range, bytes))
-            })
-            .buffer_unordered(PARALLEL);
-        while let Some((range, bytes)) = reads.try_next().await? {
-            if bytes.len() as u64 != range.end - range.start {
-                return Err(Failure::Verify(format!(
-                    "{location}: bytes {}..{} came back {} long",
-                    range.start,
-                    range.end,
-                    bytes.len()
-                )));
-            }
-            file.write_all_at(&bytes, range.start).map_err(io)?;
-            written += bytes.len() as u64;
-            progress(bytes.len() as u64);
-        }
+    while let Some(bytes) = reads.try_next().await? {
+        written += bytes;
     }
     if written != size {
         return Err(Failure::Verify(format!("{location}: {written} bytes read, {size} listed")));

@@ -50,8 +50,10 @@ pub type Files = BTreeMap<String, Listed>;
 /// or "mlp/1" (a version).
 pub type Units = BTreeMap<String, Files>;
 
-/// The longest a poll backs off to after failures, in poll periods.
-const MAX_BACKOFF: u32 = 8;
+/// A unit whose download keeps failing is tried again after 0, 1, 3, then
+/// 7 polls that skip it; listings go on every poll, so a store that comes
+/// back is seen at the next one.
+const MAX_SKIPS: u32 = 7;
 
 /// When a listing finds units that changed, the next one comes this soon
 /// (or at the next poll, if sooner), and installs what held still between
@@ -68,9 +70,20 @@ pub struct SyncReport {
     /// Units that changed since the last listing: downloaded once they hold still.
     pub waiting: Vec<String>,
     pub downloaded_bytes: u64,
-    /// Units that could not be installed (they are tried again next poll):
+    /// Units that could not be installed (tried again at a later poll):
     /// the unit, the error counter's reason, the message.
     pub failed: Vec<(String, &'static str, String)>,
+    /// Units that failed before and wait out their back-off.
+    pub deferred: Vec<String>,
+}
+
+/// A unit whose download failed: for the files that failed, how often in a
+/// row, and how many syncs skip it before the next try. Other files (a new
+/// upload) are tried at once.
+struct Backoff {
+    files: Files,
+    failures: u32,
+    skip: u32,
 }
 
 pub struct Mirror {
@@ -83,6 +96,8 @@ pub struct Mirror {
     installed: Mutex<Units>,
     /// The last listing, for the settle rule; None before the first.
     seen: Mutex<Option<Units>>,
+    /// Units whose download failed, by unit.
+    backoff: Mutex<BTreeMap<String, Backoff>>,
     /// Names staging folders apart.
     staged: AtomicU64,
     /// One sync at a time.
@@ -103,6 +118,7 @@ impl Mirror {
             marker,
             installed: Mutex::new(Units::new()),
             seen: Mutex::new(None),
+            backoff: Mutex::new(BTreeMap::new()),
             staged: AtomicU64::new(0),
             syncing: tokio::sync::Mutex::new(()),
         };
@@ -225,12 +241,27 @@ impl Mirror {
                 report.waiting.push(unit.clone());
                 continue;
             }
+            if let Some(backoff) = self.backoff.lock().get_mut(unit)
+                && backoff.files == *files
+                && backoff.skip > 0
+            {
+                backoff.skip -= 1;
+                report.deferred.push(unit.clone());
+                continue;
+            }
             match self.install(unit, files, installed.get(unit), &mut report.downloaded_bytes).await {
                 Ok(()) => {
+                    self.backoff.lock().remove(unit);
                     installed.insert(unit.clone(), files.clone());
                     report.installed.push(unit.clone());
                 }
-                Err(failure) => report.failed.push((unit.clone(), failure.reason(), failure.to_string())),
+                Err(failure) => {
+                    let mut backoff = self.backoff.lock();
+                    let again = backoff.get(unit).filter(|b| b.files == *files).map_or(0, |b| b.failures);
+                    let skip = (2u32.saturating_pow(again) - 1).min(MAX_SKIPS);
+                    backoff.insert(unit.clone(), Backoff { files: files.clone(), failures: again + 1, skip });
+                    report.failed.push((unit.clone(), failure.reason(), failure.to_string()));
+                }
             }
         }
         let gone: Vec<String> = installed.keys().filter(|u| !listed.contains_key(*u)).cloned().collect();
@@ -348,27 +379,21 @@ impl Mirror {
         }
     }
 
-    /// Syncs every `every` until shutdown; after a failure the wait doubles
-    /// (up to 8 periods), so an outage costs the store little, and returns
-    /// to `every` after the first poll that works.
+    /// Syncs every `every` until shutdown (RECHECK after a listing that
+    /// found changes). A failed listing costs one request per poll, and the
+    /// poll after the store returns sees it; a unit whose download fails
+    /// backs off on its own (MAX_SKIPS).
     pub async fn run(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
         let stop = shutdown.wait();
         tokio::pin!(stop);
-        let mut failures = 0u32;
         let mut waiting = false;
         loop {
-            let wait =
-                if waiting { RECHECK.min(every) } else { every * 2u32.saturating_pow(failures).min(MAX_BACKOFF) };
+            let wait = if waiting { RECHECK.min(every) } else { every };
             tokio::select! {
                 _ = &mut stop => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            let result = self.sync(true).await;
-            waiting = result.as_ref().is_ok_and(|report| !report.waiting.is_empty());
-            failures = match result {
-                Ok(report) if report.failed.is_empty() => 0,
-                _ => (failures + 1).min(MAX_BACKOFF.ilog2()),
-            };
+            waiting = self.sync(true).await.is_ok_and(|report| !report.waiting.is_empty());
         }
     }
 }
@@ -394,6 +419,14 @@ mod tests {
         let remote =
             Remote { url: "memory://bucket/repo".into(), store: store.clone(), prefix: ObjectPath::from("repo") };
         Mirror::new(remote, folder.to_path_buf(), marker.map(str::to_string)).unwrap()
+    }
+
+    /// An empty store, a cache folder and the mirror between them.
+    fn fresh(marker: Option<&str>) -> (Arc<InMemory>, tempfile::TempDir, Mirror) {
+        let store = Arc::new(InMemory::new());
+        let cache = tempfile::tempdir().unwrap();
+        let m = mirror(&store, cache.path(), marker);
+        (store, cache, m)
     }
 
     fn read(mirror: &Mirror, path: &str) -> Option<Vec<u8>> {
@@ -431,9 +464,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upload_in_progress_waits_and_a_marker_installs_at_once() {
-        let store = Arc::new(InMemory::new());
-        let cache = tempfile::tempdir().unwrap();
-        let m = mirror(&store, cache.path(), Some("READY"));
+        let (store, _cache, m) = fresh(Some("READY"));
         put(&store, "repo/mlp/1/model.onnx", b"one").await;
         m.sync(true).await.unwrap();
         put(&store, "repo/mlp/1/weights.bin", b"more").await; // still uploading
@@ -449,9 +480,7 @@ mod tests {
 
     #[tokio::test]
     async fn replaced_files_swap_in_place_and_deleted_versions_go() {
-        let store = Arc::new(InMemory::new());
-        let cache = tempfile::tempdir().unwrap();
-        let m = mirror(&store, cache.path(), None);
+        let (store, _cache, m) = fresh(None);
         put(&store, "repo/mlp/1/model.onnx", b"one").await;
         put(&store, "repo/mlp/1/extra.bin", b"x").await;
         put(&store, "repo/mlp/2/model.onnx", b"two").await;
@@ -473,9 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_object_that_changes_or_vanishes_after_the_listing_is_not_installed() {
-        let store = Arc::new(InMemory::new());
-        let cache = tempfile::tempdir().unwrap();
-        let m = mirror(&store, cache.path(), None);
+        let (store, cache, m) = fresh(None);
         put(&store, "repo/mlp/1/model.onnx", b"one").await;
         m.sync(false).await.unwrap();
         // Listed as "two", rewritten before the read: its ETag no longer matches.
@@ -497,10 +524,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_unit_that_keeps_failing_backs_off_and_a_new_upload_is_tried_at_once() {
+        let (store, _cache, m) = fresh(None);
+        put(&store, "repo/mlp/1/model.onnx", b"one").await;
+        // The cache's folder for the version is a file: every install fails.
+        std::fs::create_dir_all(m.models().join("mlp")).unwrap();
+        std::fs::write(m.models().join("mlp/1"), b"in the way").unwrap();
+        let mut pattern = String::new();
+        for _ in 0..8 {
+            let report = m.sync(false).await.unwrap();
+            pattern.push(if report.failed.is_empty() { '.' } else { 'x' });
+        }
+        assert_eq!(pattern, "xx.x...x", "tried at polls 1, 2, 4 and 8");
+        // A new upload of the unit is tried at the next poll.
+        put(&store, "repo/mlp/1/model.onnx", b"one, again").await;
+        std::fs::remove_file(m.models().join("mlp/1")).unwrap();
+        let report = m.sync(false).await.unwrap();
+        assert_eq!(report.installed, ["mlp/1"], "{report:?}");
+    }
+
+    #[tokio::test]
     async fn large_objects_come_in_ranged_reads() {
-        let store = Arc::new(InMemory::new());
-        let cache = tempfile::tempdir().unwrap();
-        let m = mirror(&store, cache.path(), None);
+        let (store, _cache, m) = fresh(None);
         let big: Vec<u8> = (0..download::CHUNK * 2 + 12345).map(|i| (i % 251) as u8).collect();
         put(&store, "repo/big/1/model.onnx", &big).await;
         let report = m.sync(false).await.unwrap();

@@ -114,14 +114,19 @@ def cnn_inputs(module, batch):
     return [x]
 
 
+def failing_inputs(module):
+    """Inputs that make the `failing` test model fail inside ONNX Runtime."""
+    x = module.InferInput("x", [1, 4], "FP32")
+    x.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
+    fail = module.InferInput("fail", [1, 1], "INT64")
+    fail.set_data_from_numpy(np.ones((1, 1), dtype=np.int64))
+    return [x, fail]
+
+
 def test_triton_failure_reasons(server):
     client = grpcclient.InferenceServerClient(server.grpc_url)
-    x = grpcclient.InferInput("x", [1, 4], "FP32")
-    x.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-    fail = grpcclient.InferInput("fail", [1, 1], "INT64")
-    fail.set_data_from_numpy(np.ones((1, 1), dtype=np.int64))
     with pytest.raises(Exception):
-        client.infer("failing", [x, fail])
+        client.infer("failing", failing_inputs(grpcclient))
     samples = scrape(server)
     labels = {"model": "failing", "version": "1"}
     assert value(samples, "nv_inference_request_failure", reason="BACKEND", **labels) == 1
@@ -324,12 +329,8 @@ def logged_lines(repo, tmp_path, *flags):
     with running_server(repo, *flags) as srv:
         client = httpclient.InferenceServerClient(srv.http_url)
         client.infer("mlp", mlp_inputs(httpclient))
-        x = httpclient.InferInput("x", [1, 4], "FP32")
-        x.set_data_from_numpy(np.ones((1, 4), dtype=np.float32))
-        fail = httpclient.InferInput("fail", [1, 1], "INT64")
-        fail.set_data_from_numpy(np.ones((1, 1), dtype=np.int64))
         with pytest.raises(Exception):
-            client.infer("failing", [x, fail])
+            client.infer("failing", failing_inputs(httpclient))
         client.close()
     return (repo.parent / f"ferroserve-{repo.name}.log").read_text().splitlines()
 
