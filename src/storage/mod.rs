@@ -84,21 +84,84 @@ fn retry() -> object_store::RetryConfig {
 }
 
 /// An S3 store from the standard AWS environment (`AWS_ACCESS_KEY_ID`,
-/// `AWS_REGION`, web identity, instance metadata, …). `AWS_ENDPOINT_URL`
-/// points at an S3-compatible store; an `http://` endpoint is taken as the
-/// user's choice of plaintext.
+/// `AWS_REGION`, web identity, instance metadata, …), and for what the
+/// environment leaves unset, the profile (`AWS_PROFILE`, else `default`)
+/// of the shared files `~/.aws/credentials` and `~/.aws/config`.
+/// `AWS_ENDPOINT_URL` points at an S3-compatible store; an `http://`
+/// endpoint is taken as the user's choice of plaintext.
 fn s3(url: &str) -> anyhow::Result<object_store::aws::AmazonS3> {
+    use object_store::aws::AmazonS3ConfigKey as Key;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_url(url).with_retry(retry());
-    let endpoint = std::env::var("AWS_ENDPOINT_URL_S3").or_else(|_| std::env::var("AWS_ENDPOINT_URL"));
-    if let Ok(endpoint) = endpoint
-        && endpoint.starts_with("http://")
-    {
+    let shared = shared_profile(&env);
+    let from_file = |key: &str| shared.get(key).cloned();
+    let settings = [
+        (Key::AccessKeyId, env("AWS_ACCESS_KEY_ID"), "aws_access_key_id"),
+        (Key::SecretAccessKey, env("AWS_SECRET_ACCESS_KEY"), "aws_secret_access_key"),
+        (Key::Token, env("AWS_SESSION_TOKEN"), "aws_session_token"),
+        (Key::Region, env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")), "region"),
+        (Key::Endpoint, env("AWS_ENDPOINT_URL_S3").or_else(|| env("AWS_ENDPOINT_URL")), "endpoint_url"),
+    ];
+    let mut endpoint = None;
+    for (key, from_env, name) in settings {
+        let value = from_env.clone().or_else(|| from_file(name));
+        if from_env.is_none()
+            && let Some(value) = &value
+        {
+            builder = builder.with_config(key, value);
+        }
+        if name == "endpoint_url" {
+            endpoint = value;
+        } else if name == "region" && value.is_none() {
+            builder = builder.with_region("us-east-1");
+        }
+    }
+    if endpoint.is_some_and(|e| e.starts_with("http://")) {
         builder = builder.with_allow_http(true);
     }
-    if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
-        builder = builder.with_region("us-east-1");
-    }
     builder.build().with_context(|| format!("--model-repository {url}"))
+}
+
+/// The settings of the AWS profile in force (`AWS_PROFILE`, else
+/// `default`) from the shared files: `AWS_SHARED_CREDENTIALS_FILE` (else
+/// `~/.aws/credentials`, section `[name]`) over `AWS_CONFIG_FILE` (else
+/// `~/.aws/config`, section `[profile name]`, or `[default]`). Missing files
+/// are no settings.
+fn shared_profile(env: &dyn Fn(&str) -> Option<String>) -> std::collections::BTreeMap<String, String> {
+    let home = env("HOME").map(PathBuf::from);
+    let file = |variable: &str, default: &str| {
+        env(variable).map(PathBuf::from).or_else(|| home.as_ref().map(|h| h.join(default)))
+    };
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let config_section = if profile == "default" { profile.clone() } else { format!("profile {profile}") };
+    let mut settings = std::collections::BTreeMap::new();
+    let sources = [
+        (file("AWS_CONFIG_FILE", ".aws/config"), config_section),
+        (file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials"), profile),
+    ];
+    for (path, section) in sources {
+        if let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) {
+            settings.extend(ini_section(&text, &section));
+        }
+    }
+    settings
+}
+
+/// The `key = value` lines of one `[section]` of an INI text.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut found = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = name.trim() == section;
+        } else if inside && let Some((key, value)) = line.split_once('=') {
+            found.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+        }
+    }
+    found
 }
 
 /// The cache folder of one location: its own subfolder of
@@ -129,6 +192,40 @@ mod tests {
         let err = Location::parse(Path::new("ftp://host/models")).err().unwrap().to_string();
         assert!(err.contains("unknown scheme \"ftp\""), "{err}");
         assert!(Location::parse(Path::new("s3:///models")).is_err());
+    }
+
+    #[test]
+    fn the_shared_aws_files_give_the_profile_s_settings() {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(folder.path().join(".aws")).unwrap();
+        std::fs::write(
+            folder.path().join(".aws/credentials"),
+            "[default]\naws_access_key_id = AKDEFAULT\n\n[ci]\n# a comment\naws_access_key_id=AKCI\naws_secret_access_key = s3cret\n",
+        )
+        .unwrap();
+        std::fs::write(
+            folder.path().join(".aws/config"),
+            "[default]\nregion = eu-west-1\n[profile ci]\nregion = us-west-2\nendpoint_url = http://127.0.0.1:9000\n",
+        )
+        .unwrap();
+        let home = folder.path().to_str().unwrap().to_string();
+        let vars = |profile: Option<&'static str>| {
+            let home = home.clone();
+            move |name: &str| match name {
+                "HOME" => Some(home.clone()),
+                "AWS_PROFILE" => profile.map(str::to_string),
+                _ => None,
+            }
+        };
+        let default = shared_profile(&vars(None));
+        assert_eq!(default.get("aws_access_key_id").map(String::as_str), Some("AKDEFAULT"));
+        assert_eq!(default.get("region").map(String::as_str), Some("eu-west-1"));
+        let ci = shared_profile(&vars(Some("ci")));
+        assert_eq!(ci.get("aws_access_key_id").map(String::as_str), Some("AKCI"));
+        assert_eq!(ci.get("aws_secret_access_key").map(String::as_str), Some("s3cret"));
+        assert_eq!(ci.get("region").map(String::as_str), Some("us-west-2"));
+        assert_eq!(ci.get("endpoint_url").map(String::as_str), Some("http://127.0.0.1:9000"));
+        assert!(shared_profile(&|_: &str| None).is_empty(), "no home, no files: no settings");
     }
 
     #[test]

@@ -79,7 +79,7 @@ def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None,
     server's CA, with a client certificate where mTLS is on), readiness is
     asked over HTTPS. With `url` (a bucket: s3://…), that is the repository
     and `repo` only names the log (beside it) and the working directory's
-    cache; `env` adds environment variables."""
+    cache; `env` adds environment variables (None removes one)."""
     binary = _server_binary()
     if not binary.exists():
         pytest.fail(
@@ -101,7 +101,7 @@ def running_server(repo: Path, *flags: str, tls: "ssl.SSLContext | None" = None,
     proc = subprocess.Popen(
         cmd,
         cwd=REPO_ROOT,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
         stdout=subprocess.PIPE,
         stderr=log,
         text=True,

@@ -187,3 +187,56 @@ def test_serving_without_the_store_from_what_the_cache_holds(store, tmp_path):
             assert metric(server, "ferroserve_repository_sync_errors_total", '{reason="list"}') >= 1
     finally:
         store.start()
+
+
+def test_credentials_from_the_shared_aws_files(store, tmp_path):
+    # No AWS_* variable: the profile of ~/.aws/credentials and ~/.aws/config.
+    (tmp_path / "log").mkdir()
+    aws = tmp_path / "home" / ".aws"
+    aws.mkdir(parents=True)
+    env = store.environment()
+    (aws / "credentials").write_text(
+        f"[models]\naws_access_key_id = {env['AWS_ACCESS_KEY_ID']}\naws_secret_access_key = {env['AWS_SECRET_ACCESS_KEY']}\n")
+    (aws / "config").write_text(f"[profile models]\nregion = us-east-1\nendpoint_url = {env['AWS_ENDPOINT_URL']}\n")
+    shared = {**{k: None for k in os.environ if k.startswith("AWS_")}, "HOME": str(tmp_path / "home"),
+              "AWS_PROFILE": "models"}  # fmt: skip
+    with running_server(tmp_path / "log", "--repository-cache-dir", str(tmp_path / "cache"),
+                        url=f"s3://{BUCKET}/{PREFIX}", env=shared) as server:  # fmt: skip
+        assert answer(server) == ("1", 1)
+        assert metric(server, "ferroserve_repository_downloaded_bytes_total") > 0
+
+
+def test_a_canary_from_the_bucket(store, tmp_path):
+    s3 = store.client()
+    (tmp_path / "log").mkdir()
+    config = (MODEL / "config.pbtxt").read_text()
+    with serve(store, tmp_path) as server:
+        # Version 2 beside 1 and, in the same upload, a config naming it the
+        # canary for every unpinned request.
+        upload(s3, "multiversion/2/model.onnx", MODEL / "2" / "model.onnx")
+        upload(s3, "multiversion/config.pbtxt", body=(config + CANARY).encode())
+        took = wait_until("the canary to take its share", lambda: canary(server).get("canary_version") == "2",
+                          timeout=2 * POLL_SECS + 10)  # fmt: skip
+        print(f"canary running {took:.2f} s after its upload")
+        assert canary(server)["weight"] == 100
+        assert answer(server) == ("2", 2)
+        # Its config removed from the bucket: version 2 serves as the highest.
+        upload(s3, "multiversion/config.pbtxt", MODEL / "config.pbtxt")
+        wait_until("the canary to end", lambda: canary(server).get("canary") is None and "canary_version" not in canary(server),
+                   timeout=2 * POLL_SECS + 10)  # fmt: skip
+        s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/multiversion/2/model.onnx")
+        wait_until("version 2 to go", lambda: answer(server) == ("1", 1), timeout=2 * POLL_SECS + 10)
+
+
+CANARY = """
+parameters [
+  { key: "stable_version" value { string_value: "1" } },
+  { key: "canary_version" value { string_value: "2" } },
+  { key: "canary_weight" value { string_value: "100" } }
+]
+"""
+
+
+def canary(server):
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/repository/models/multiversion/canary", timeout=10) as r:
+        return json.load(r)
