@@ -64,17 +64,25 @@ class SeaweedFS:
             try:
                 urllib.request.urlopen(self.endpoint, timeout=1)
             except urllib.error.HTTPError:
-                # Unsigned requests are refused: it answers. Buckets work
-                # once the volume server has joined.
-                try:
-                    self.client().list_buckets()
+                # Unsigned requests are refused: it answers. Objects can be
+                # written and read once the volume server has joined (after
+                # a restart, listings work well before reads do).
+                if self.objects_work():
                     return
-                except Exception:  # noqa: BLE001 - still starting
-                    pass
             except OSError:
                 pass
             time.sleep(0.2)
         raise RuntimeError(f"weed not serving S3 after {START_TIMEOUT_S} s: {self.log_tail()}")
+
+    def objects_work(self):
+        try:
+            s3 = self.client()
+            if "probe" not in [b["Name"] for b in s3.list_buckets().get("Buckets", [])]:
+                s3.create_bucket(Bucket="probe")
+            s3.put_object(Bucket="probe", Key="probe", Body=b"probe")
+            return s3.get_object(Bucket="probe", Key="probe")["Body"].read() == b"probe"
+        except Exception:  # noqa: BLE001 - still starting
+            return False
 
     def stop(self):
         """Stops it at once (SIGKILL after 2 s of SIGTERM): an outage, for

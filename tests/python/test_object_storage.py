@@ -1,11 +1,13 @@
 """A model repository on object storage, against a real S3 server
 (SeaweedFS, signature checking on; s3server.py): uploaded with boto3 as a
 user would, served from s3:// in poll mode, a new version and a file
-replaced in place under traffic with no failed request, a deleted version,
-the store going down under traffic (serving goes on, the poll backs off and
-resumes), and a restart on a warm cache that downloads nothing.
+replaced in place under traffic with no failed request, a broken file that
+leaves the one before serving, a deleted version, the store going down
+under traffic (serving goes on, the sync resumes), a restart on a warm cache
+that downloads nothing, a store out of reach at start, credentials from the
+shared AWS files, a canary from the bucket, and explicit mode.
 
-Bounded: about a minute; every process is stopped at the end.
+Bounded: under two minutes; every process is stopped at the end.
 """
 
 import json
@@ -83,12 +85,14 @@ class Traffic:
             time.sleep(0.002)
 
     def __enter__(self):
+        self.started = time.monotonic()
         self.thread.start()
         return self
 
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join(timeout=30)
+        self.rate = self.answered / (time.monotonic() - self.started)
 
 
 def wait_until(what, check, timeout):
@@ -132,10 +136,19 @@ def test_versions_from_a_bucket_under_traffic(store, tmp_path):
             # Replaced in place: the same key, other bytes (a retrained model).
             upload(s3, "multiversion/2/model.onnx", MODEL / "3" / "model.onnx")
             wait_until("version 2's new file to serve", lambda: answer(server) == ("2", 3), timeout=2 * POLL_SECS + 10)
+            # Replaced by bytes that are no model: the load fails, the file
+            # loaded before keeps serving.
+            failures = metric(server, "ferroserve_model_loads_total", '{model="multiversion",version="2",outcome="error"}')
+            upload(s3, "multiversion/2/model.onnx", body=b"not an ONNX model")
+            wait_until("the broken file's load to fail", lambda: metric(
+                server, "ferroserve_model_loads_total", '{model="multiversion",version="2",outcome="error"}') > failures,
+                timeout=2 * POLL_SECS + 10)  # fmt: skip
+            assert answer(server) == ("2", 3)
             # Deleted: version 1 is the highest again.
             s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/multiversion/2/model.onnx")
             wait_until("version 2 to go", lambda: answer(server) == ("1", 1), timeout=2 * POLL_SECS + 10)
             assert status(server, "/v2/models/multiversion/versions/2/ready") == 404
+        print(f"traffic: {traffic.answered} answered at {traffic.rate:.0f}/s, {len(traffic.failed)} failed")
         assert traffic.failed == [], traffic.failed[:5]
         assert traffic.seen == {("1", 1), ("2", 2), ("2", 3)}, traffic.seen
         assert traffic.answered > 50
@@ -240,3 +253,18 @@ parameters [
 def canary(server):
     with urllib.request.urlopen(f"http://{server.http_url}/v2/repository/models/multiversion/canary", timeout=10) as r:
         return json.load(r)
+
+
+def test_explicit_mode_loads_what_the_bucket_holds(store, tmp_path):
+    s3 = store.client()
+    (tmp_path / "log").mkdir()
+    upload(s3, "later/1/model.onnx", MODEL / "1" / "model.onnx")
+    with running_server(tmp_path / "log", "--model-control-mode", "explicit", "--load-model", "multiversion",
+                        "--repository-poll-secs", str(POLL_SECS), "--repository-cache-dir", str(tmp_path / "cache"),
+                        url=f"s3://{BUCKET}/{PREFIX}", env=store.environment()) as server:  # fmt: skip
+        assert status(server, "/v2/models/later/ready") == 404, "not loaded until asked"
+        request = urllib.request.Request(f"http://{server.http_url}/v2/repository/models/later/load", method="POST")
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert json.load(r) == {"name": "later", "load": True}
+        assert status(server, "/v2/models/later/ready") == 200
+    s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/later/1/model.onnx")
