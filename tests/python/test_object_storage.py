@@ -5,7 +5,9 @@ replaced in place under traffic with no failed request, a broken file that
 leaves the one before serving, a deleted version, the store going down
 under traffic (serving goes on, the sync resumes), a restart on a warm cache
 that downloads nothing, a store out of reach at start, credentials from the
-shared AWS files, a canary from the bucket, and explicit mode.
+shared AWS files, a canary from the bucket, explicit mode, an upload in
+progress that waits until it holds still, and an object deleted or
+overwritten while it downloads.
 
 Bounded: under two minutes; every process is stopped at the end.
 """
@@ -268,3 +270,56 @@ def test_explicit_mode_loads_what_the_bucket_holds(store, tmp_path):
             assert json.load(r) == {"name": "later", "load": True}
         assert status(server, "/v2/models/later/ready") == 200
     s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/later/1/model.onnx")
+
+
+def test_an_upload_in_progress_is_not_loaded(store, tmp_path):
+    # A version whose listing changes between polls (files still arriving)
+    # waits; once it holds still it loads whole.
+    s3 = store.client()
+    (tmp_path / "log").mkdir()
+    with serve(store, tmp_path) as server:
+        upload(s3, "multiversion/3/model.onnx", MODEL / "3" / "model.onnx")
+        for part in range(12):  # a file every 0.25 s for 3 s: no two listings agree
+            upload(s3, f"multiversion/3/part-{part}", body=b"x" * 1000)
+            assert answer(server) == ("1", 1), f"version 3 loaded while part {part} was arriving"
+            time.sleep(0.25)
+        took = wait_until("version 3 once whole", lambda: answer(server) == ("3", 3), timeout=2 * POLL_SECS + 10)
+        print(f"version 3 served {took:.2f} s after its last part")
+        cached = tmp_path / "cache" / f"s3___{BUCKET}_{PREFIX.replace('/', '_')}" / "models" / "multiversion" / "3"
+        assert sorted(p.name for p in cached.iterdir()) == sorted(["model.onnx", *(f"part-{i}" for i in range(12))])
+        for key in ["model.onnx", *(f"part-{i}" for i in range(12))]:
+            s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/multiversion/3/{key}")
+        wait_until("version 3 to go", lambda: answer(server) == ("1", 1), timeout=2 * POLL_SECS + 10)
+
+
+@pytest.mark.parametrize("change,reason", [("vanishes", "download"), ("is replaced", "verify")])
+def test_an_object_that_changes_mid_download_is_not_installed(store, tmp_path, change, reason):
+    # A large object (many ranged reads) deleted or overwritten once its
+    # download has begun: the reads that follow fail or no longer match
+    # its listed ETag; nothing is installed, version 1 keeps serving, and
+    # the failure is counted.
+    s3 = store.client()
+    (tmp_path / "log").mkdir()
+    big = tmp_path / "big.onnx"
+    big.write_bytes(os.urandom(256 << 20))
+    with serve(store, tmp_path, "--repository-ready-marker", "READY") as server:
+        with Traffic(server) as traffic:
+            upload(s3, "multiversion/5/model.onnx", big)
+            upload(s3, "multiversion/5/READY", body=b"")
+            wait_until("the download to begin",
+                       lambda: metric(server, "ferroserve_repository_downloaded_bytes_total") > 10 << 20, timeout=30)
+            if change == "vanishes":
+                s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/multiversion/5/model.onnx")
+            else:
+                upload(s3, "multiversion/5/model.onnx", body=b"another object entirely")
+            wait_until("the failure to be counted",
+                       lambda: metric(server, "ferroserve_repository_sync_errors_total") > 0, timeout=30)
+            assert answer(server) == ("1", 1)
+        assert traffic.failed == [], traffic.failed[:5]
+        cached = tmp_path / "cache" / f"s3___{BUCKET}_{PREFIX.replace('/', '_')}" / "models" / "multiversion"
+        assert not (cached / "5" / "model.onnx").exists() or (cached / "5" / "model.onnx").stat().st_size < 100
+        # Gone: the reads after it fail. Replaced: the store refuses the
+        # reads whose If-Match names the listed ETag.
+        assert metric(server, "ferroserve_repository_sync_errors_total", f'{{reason="{reason}"}}') > 0
+    for key in ("model.onnx", "READY"):
+        s3.delete_object(Bucket=BUCKET, Key=f"{PREFIX}/multiversion/5/{key}")
