@@ -763,6 +763,67 @@ parameters [
 """
 
 
+def build_shadowed(scale):
+    # logits = x + scale * [0, 0, relu(x0 - 1)]: version 1 (scale 0) returns
+    # x unchanged; version 2 (scale 1) moves the last logit of exactly the
+    # rows whose first value is above 1, flipping their top-1 where that
+    # lifts it above the largest.
+    pick = np.zeros((3, 3), dtype=np.float32)
+    pick[0, 2] = 1.0
+    nodes = [
+        helper.make_node("MatMul", ["x", "pick"], ["picked"], name="first_to_last"),
+        helper.make_node("Add", ["picked", "minus_one"], ["shifted"], name="minus_one"),
+        helper.make_node("Relu", ["shifted"], ["excess"], name="excess"),
+        helper.make_node("Mul", ["excess", "scale"], ["bump"], name="scaled"),
+        helper.make_node("Add", ["x", "bump"], ["logits"], name="bumped"),
+    ]
+    graph = helper.make_graph(
+        nodes, "shadowed",
+        [tensor("x", TensorProto.FLOAT, ["batch", 3])],
+        [tensor("logits", TensorProto.FLOAT, ["batch", 3])],
+        [
+            init("pick", pick),
+            init("minus_one", np.full(3, -1.0, dtype=np.float32)),
+            init("scale", np.array([0.0, 0.0, scale], dtype=np.float32)),
+        ],
+    )
+    model = make_model(graph)
+    x = np.array([[0.5, 0.2, 0.1], [2.0, 0.5, 0.3], [1.5, 0.2, 1.2]], dtype=np.float32)
+    (y,) = session(model).run(None, {"x": x})
+    want = x.copy()
+    want[:, 2] += np.float32(scale) * np.maximum(x[:, 0] - 1, 0)
+    check_close(f"shadowed scale {scale}", y, want, tol=1e-6)
+    return model
+
+
+SHADOWED_CONFIG = """
+# Version 1 serves: logits = x. Version 2 is its shadow, whose last logit
+# differs on rows whose first value is above 1 (tests edit these).
+name: "shadowed"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+version_policy { all { } }
+input [
+  {
+    name: "x"
+    data_type: TYPE_FP32
+    dims: [ 3 ]
+  }
+]
+output [
+  {
+    name: "logits"
+    data_type: TYPE_FP32
+    dims: [ 3 ]
+  }
+]
+parameters [
+  { key: "shadow_version" value { string_value: "2" } },
+  { key: "shadow_percent" value { string_value: "100" } }
+]
+"""
+
+
 FAILING_CONFIG = """
 # y = 2 * x, but the run fails inside ONNX Runtime when any fail value is non-zero.
 name: "failing"
@@ -986,6 +1047,10 @@ def generate_tests(out):
     write_model(out, "canary", build_steady(), version=1)
     write_model(out, "canary", build_failing(), version=2)
     write_config(out, "canary", CANARY_CONFIG)
+    # A shadow pair: version 2 differs from version 1 on planted rows.
+    write_model(out, "shadowed", build_shadowed(0.0), version=1)
+    write_model(out, "shadowed", build_shadowed(1.0), version=2)
+    write_config(out, "shadowed", SHADOWED_CONFIG)
 
 
 _MLP_CACHE = []

@@ -154,6 +154,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     });
+    // Shadows' metrics and promotions, and the samples capacity answers use.
+    let rollout_task = tokio::spawn({
+        let repository = repository.clone();
+        async move {
+            let mut every = tokio::time::interval(ROLLOUT_REFRESH);
+            loop {
+                every.tick().await;
+                repository.tend_shadows().await;
+                repository.sample_capacity();
+            }
+        }
+    });
     let watch_task = watcher.map(|w| tokio::spawn(w.run(watch_until)));
 
     let signal = shutdown::signal().await;
@@ -190,6 +202,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout_at(deadline.into(), fronts).await;
     metrics_task.abort();
     slo_task.abort();
+    rollout_task.abort();
     for task in mirror_tasks {
         task.abort();
     }
@@ -200,6 +213,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// How often the SLO gauges are recomputed.
 const SLO_REFRESH: Duration = Duration::from_secs(5);
+
+/// How often shadows are tended and capacity samples taken.
+const ROLLOUT_REFRESH: Duration = Duration::from_secs(1);
 
 /// Waits until no inference request is inside the server, or `until`;
 /// returns whether they all were answered.

@@ -39,6 +39,16 @@ pub const KNOWN_PARAMETERS: &[&str] = &[
     "breaker_min_calls",
     "breaker_rate_percent",
     "breaker_probes",
+    "shadow_version",
+    "shadow_percent",
+    "shadow_abs_tolerance",
+    "shadow_rel_tolerance",
+    "shadow_queue_size",
+    "shadow_keep_inputs",
+    "shadow_promote_rows",
+    "shadow_promote_agreement",
+    "shadow_promote_latency_ratio",
+    "shadow_promote_weight",
 ];
 
 /// Parses config.pbtxt text. Errors name the offending field and position.

@@ -4,9 +4,12 @@
 //! of them are loaded, failed or unloaded.
 
 pub mod canary;
+pub mod capacity;
 pub mod config;
 mod queueing;
 mod scan;
+pub mod shadow;
+mod steer;
 mod version;
 mod warmup;
 
@@ -21,11 +24,13 @@ use crate::telemetry;
 use crate::telemetry::slo::SloTracker;
 use canary::Canary;
 use parking_lot::RwLock;
+use shadow::Shadow;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+pub use steer::{CanaryAction, PromoteTo, ShadowAction};
 
 /// How long an unload waits for the model's requests to finish before it
 /// answers.
@@ -47,19 +52,16 @@ struct Routed {
     /// The stable version, when the split sent an unpinned request to the
     /// canary: it serves the request while the canary's breaker is open.
     fallback: Option<Arc<ModelVersion>>,
+    /// The model's shadow and its version, for an unpinned request.
+    shadow: Option<(Arc<Shadow>, Arc<ModelVersion>)>,
 }
 
-/// An operator's instruction to a model's canary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CanaryAction {
-    /// Send this share (0–100) of unpinned requests to the canary.
-    Weight(u32),
-    /// The canary becomes the stable version.
-    Promote,
-}
-
-/// What RepositoryIndex says of a ready version that is part of a canary.
-fn canary_note(canary: Option<&Canary>, version: i64) -> String {
+/// What RepositoryIndex says of a ready version that is part of a canary
+/// or is the model's shadow.
+fn canary_note(canary: Option<&Canary>, shadow: Option<&Shadow>, version: i64) -> String {
+    if let Some(s) = shadow.filter(|s| s.version == version) {
+        return format!("shadow, {}% of unpinned requests copied, answers compared and dropped", s.percent());
+    }
     match canary {
         Some(c) if c.canary == version => match c.rolled_back() {
             Some(reason) => format!("canary, weight 0: {reason}"),
@@ -83,6 +85,9 @@ fn canary_seed(name: &str) -> u64 {
 struct Source {
     files: u64,
     config: u64,
+    /// Loaded as the model's shadow (its threads at SCHED_IDLE for good):
+    /// a version that becomes or stops being the shadow is loaded anew.
+    shadow: bool,
 }
 
 /// State of one model as RepositoryIndex reports it.
@@ -119,6 +124,18 @@ struct ModelState {
     /// The config text the canary came from: an unchanged config keeps the
     /// canary as it runs (its weight after a rollback included).
     canary_config: u64,
+    /// The model's shadow while it runs.
+    shadow: Option<Arc<Shadow>>,
+    /// The shadow plan in force and the config text it holds for: the
+    /// config's, or an operator's until the config changes.
+    shadow_plan: Option<(u64, Option<shadow::Plan>)>,
+    /// The shadow that ran last, stopped or promoted, for its report.
+    shadow_last: Option<Arc<Shadow>>,
+    /// The hash of the config text the model was last loaded with.
+    config_hash: u64,
+    /// The JSON config of the latest load request that gave one, so an
+    /// operator's reload (steer.rs) uses it again.
+    config_json: Option<String>,
     /// The model's SLO bookkeeping; it survives reloads and unloads.
     slo: Option<Arc<SloTracker>>,
     /// Why the model as a whole could not load (bad config, no versions), or
@@ -148,6 +165,10 @@ pub struct Repository {
     /// Loads run one at a time, so a swap holds at most one extra copy of
     /// one model version in memory.
     loads: tokio::sync::Mutex<()>,
+    /// Inference requests answered, refusals included (capacity.rs reads it).
+    answered: std::sync::atomic::AtomicU64,
+    /// The server's own CPU per answered request, sampled on the timer.
+    overhead: parking_lot::Mutex<capacity::Overhead>,
 }
 
 impl Repository {
@@ -168,6 +189,8 @@ impl Repository {
             draining: AtomicBool::new(false),
             cap: ServerCap::new(context.max_in_flight),
             loads: tokio::sync::Mutex::new(()),
+            answered: Default::default(),
+            overhead: Default::default(),
         }
     }
 
@@ -246,6 +269,7 @@ impl Repository {
             if state.unloaded {
                 *state = ModelState { loading: true, slo: state.slo.take(), ..Default::default() };
             }
+            state.config_json.clone_from(&config_json);
         }
         let this = self.clone();
         let outcome = tokio::task::spawn_blocking(move || this.reconcile(&dir, config_json.as_deref()))
@@ -292,8 +316,22 @@ impl Repository {
         };
         self.models.write().entry(name.clone()).or_default().problem = None;
         let mut first_failure = None;
+        // The shadow is set up first, so a version loaded as the shadow never
+        // takes unpinned traffic, not even for a moment.
+        let shadow_plan = self.shadow_plan(&name, &config, &wanted, config_hash);
+        let shadow_version = {
+            let mut models = self.models.write();
+            let state = models.entry(name.clone()).or_default();
+            if let Err(problem) = steer::set_up_shadow(&name, state, &config, config_hash, shadow_plan) {
+                tracing::error!(model = %name, %problem, "shadow settings refused");
+                state.problem = Some(format!("shadow settings refused: {problem}"));
+                first_failure = Some(problem);
+            }
+            state.shadow.as_ref().map(|s| s.version)
+        };
         for &version in &wanted {
-            let source = Source { files: scan::version_stamp(dir, version), config: config_hash };
+            let shadow = shadow_version == Some(version);
+            let source = Source { files: scan::version_stamp(dir, version), config: config_hash, shadow };
             let current =
                 self.models.read().get(&name).and_then(|m| {
                     m.versions.get(&version).and_then(|v| v.serving.as_ref().map(|s| s.source == source))
@@ -302,7 +340,8 @@ impl Repository {
                 continue; // unchanged: keeps serving, nothing to load
             }
             let started = Instant::now();
-            let loaded = ModelVersion::load(&self.runtime, dir, version, config.clone(), explicit, self.context);
+            let loaded =
+                ModelVersion::load(&self.runtime, dir, version, config.clone(), explicit, self.context, shadow);
             let mut models = self.models.write();
             let slot = models.entry(name.clone()).or_default().versions.entry(version).or_default();
             match loaded {
@@ -343,6 +382,7 @@ impl Repository {
                 state.problem = Some(format!("canary settings refused: {problem}"));
                 first_failure.get_or_insert(problem);
             }
+            state.config_hash = config_hash;
         }
         first_failure.map_or(Ok(()), Err)
     }
@@ -401,39 +441,6 @@ impl Repository {
         Ok(state.canary.clone())
     }
 
-    /// Operator actions on a canary: `weight` sets its share (0 rolls it
-    /// back); `promote` makes it the stable version (the old stable version
-    /// becomes an idle canary at weight 0). Lasts until the config changes.
-    pub fn steer_canary(&self, name: &str, action: CanaryAction) -> Result<()> {
-        let mut models = self.models.write();
-        let state = models.get_mut(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
-        let current = state.canary.clone().ok_or_else(|| {
-            Error::invalid(format!("model '{name}' has no canary (set canary_version in its config)"))
-        })?;
-        match action {
-            CanaryAction::Weight(weight) => {
-                if weight > 100 {
-                    return Err(Error::invalid(format!("canary weight {weight} is over 100")));
-                }
-                let reason = (weight == 0).then(|| "rolled back by the operator".to_string());
-                if weight == 0 && current.weight() > 0 {
-                    telemetry::record_canary_rollback(name, current.canary, "operator");
-                }
-                current.set_weight(weight as u8, reason);
-                telemetry::set_canary_weight(name, current.canary, weight as u8);
-                tracing::info!(model = %name, canary = current.canary, weight, "canary weight set by the operator");
-            }
-            CanaryAction::Promote => {
-                let plan = canary::Plan { stable: current.canary, canary: current.stable, weight: 0 };
-                telemetry::set_canary_weight(name, current.canary, 0);
-                telemetry::set_canary_weight(name, plan.canary, 0);
-                state.canary = Some(Arc::new(Canary::new(plan, canary_seed(name))));
-                tracing::info!(model = %name, stable = plan.stable, "canary promoted to stable");
-            }
-        }
-        Ok(())
-    }
-
     /// Takes a model out of service: new requests are refused at once;
     /// requests already admitted finish on the version they hold, and the
     /// call returns once they have (or after UNLOAD_DRAIN; they still finish
@@ -480,6 +487,11 @@ impl Repository {
         let models = self.models.read();
         let state = models.get(name).ok_or_else(|| Error::not_found(format!("unknown model '{name}'")))?;
         let serving = |number: i64| state.versions.get(&number).and_then(|v| v.serving.as_ref()).map(|s| &s.version);
+        let shadow = state
+            .shadow
+            .as_ref()
+            .filter(|_| split && version.is_empty())
+            .and_then(|s| Some((s.clone(), serving(s.version)?.clone())));
         if version.is_empty()
             && let Some(canary) = &state.canary
         {
@@ -487,20 +499,23 @@ impl Repository {
             if let Some(v) = serving(pick).or_else(|| serving(canary.stable)) {
                 let fallback = if v.version == canary.stable { None } else { serving(canary.stable).cloned() };
                 let (canary, slo) = (Some(canary.clone()), state.slo.clone());
-                return Ok(Routed { version: v.clone(), canary, slo, fallback });
+                return Ok(Routed { version: v.clone(), canary, slo, fallback, shadow });
             }
         }
         let version = self.lookup(name, version, state)?;
-        Ok(Routed { version, canary: state.canary.clone(), slo: state.slo.clone(), fallback: None })
+        Ok(Routed { version, canary: state.canary.clone(), slo: state.slo.clone(), fallback: None, shadow })
     }
 
     fn lookup(&self, name: &str, version: &str, state: &ModelState) -> Result<Arc<ModelVersion>> {
         if version.is_empty() {
+            // The shadow never takes unpinned traffic.
+            let shadow = state.shadow.as_ref().map(|s| s.version);
             return state
                 .versions
-                .values()
+                .iter()
                 .rev()
-                .find_map(|v| v.serving.as_ref().map(|s| s.version.clone()))
+                .filter(|(number, _)| Some(**number) != shadow)
+                .find_map(|(_, v)| v.serving.as_ref().map(|s| s.version.clone()))
                 .ok_or_else(|| {
                     let why = state.problem.clone().unwrap_or_else(|| "no version is ready".into());
                     // Unloaded, or every version failed: a retry fails the
@@ -573,7 +588,7 @@ impl Repository {
                         let label = version.to_string();
                         entries.push(match (&slot.serving, &slot.failure) {
                             (Some(serving), None) => {
-                                let notes = [canary_note(state.canary.as_deref(), *version)]
+                                let notes = [canary_note(state.canary.as_deref(), state.shadow.as_deref(), *version)]
                                     .into_iter()
                                     .chain(serving.version.slo_note())
                                     .filter(|n| !n.is_empty());
@@ -609,10 +624,11 @@ impl Repository {
             Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
         let routed = self.route(&request.model_name, &request.model_version, true);
-        let Routed { version, canary, slo, fallback } = match routed {
+        let Routed { version, canary, slo, fallback, shadow } = match routed {
             Ok(routed) => routed,
             Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
+        let copy = shadow.and_then(|(shadow, shadow_version)| shadow.copy(&shadow_version, &version, &request));
         // A canary whose breaker is open hands its share back to the stable version.
         let (version, result) = match fallback {
             None => {
@@ -628,8 +644,12 @@ impl Repository {
             },
         };
         let elapsed = started.elapsed();
+        if let Some(copy) = copy {
+            copy.finish(&result, elapsed);
+        }
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
         record_outcome(&version, slo.as_deref(), code, elapsed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
         if let Some(canary) = canary {
             // The model's own failures count; the client's mistakes do not.
             let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(..)));
@@ -660,6 +680,7 @@ impl Repository {
         }
         let error = version.refusal_now(shape, deadline)?;
         record_outcome(&version, slo.as_deref(), error.code(), started.elapsed());
+        self.answered.fetch_add(1, Ordering::Relaxed);
         Some(error)
     }
 
@@ -676,6 +697,7 @@ impl Repository {
     /// made-up names. `shed` also counts it in `ferroserve_shed_total`.
     pub fn count_refused(&self, model: &str, code: &'static str, started: Instant, shed: bool) {
         let elapsed = started.elapsed();
+        self.answered.fetch_add(1, Ordering::Relaxed);
         let slo = self.models.read().get(model).and_then(|s| s.slo.clone());
         let label = if slo.is_some() { model } else { "" };
         if shed {

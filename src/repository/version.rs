@@ -48,6 +48,12 @@ pub struct ModelVersion {
     /// The deadline of a request that brings none (`request_timeout_ms`).
     request_timeout: Option<Duration>,
     limits: RequestLimits,
+    /// Loaded as a model's shadow: its threads run at SCHED_IDLE.
+    pub shadow: bool,
+    /// ONNX Runtime's intra-op threads per instance.
+    pub intra_op_threads: usize,
+    /// Its load as the server's timer samples it (capacity.rs).
+    pub load: parking_lot::Mutex<super::capacity::LoadSample>,
 }
 
 /// The breaker settings: defaults, overridden by `breaker_*` parameters.
@@ -124,7 +130,9 @@ pub fn slo_settings(config: &pb::ModelConfig, context: &LoadContext) -> (SloConf
 
 impl ModelVersion {
     /// Loads `<model_dir>/<version>/<file>`, completes `config` against it,
-    /// creates every instance, warms each up. Blocking: run off the async runtime.
+    /// creates every instance, warms each up. A `shadow` version's threads
+    /// then move to SCHED_IDLE for good (repository/shadow.rs). Blocking:
+    /// run off the async runtime.
     pub fn load(
         runtime: &Runtime,
         model_dir: &Path,
@@ -132,6 +140,7 @@ impl ModelVersion {
         mut config: pb::ModelConfig,
         explicit_config: bool,
         context: LoadContext,
+        shadow: bool,
     ) -> Result<ModelVersion, String> {
         let name = model_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let filename = if config.default_model_filename.is_empty() {
@@ -181,7 +190,10 @@ impl ModelVersion {
         let labels = Labels { model: name.clone(), version: label.clone() };
         let metrics = VersionMetrics::new(&name, &label);
         let slo = Duration::from_secs_f64(slo_settings(&config, &context).0.latency_threshold);
-        let admission = config::decimal_parameter(&config, "slo_admission").map_or(context.slo_admission, |v| v != 0.0);
+        // A shadow's copies have no client waiting: its own bounded queue
+        // (shadow.rs) bounds them, not the latency SLO.
+        let admission =
+            !shadow && config::decimal_parameter(&config, "slo_admission").map_or(context.slo_admission, |v| v != 0.0);
         let scheduler = Scheduler::start(
             labels,
             sessions,
@@ -191,6 +203,11 @@ impl ModelVersion {
             stats.clone(),
             metrics.clone(),
         );
+        if shadow {
+            // Warmed up and profiled at normal priority, so the cost model is
+            // the version's own; from now on it runs on spare cycles only.
+            options.threads.idle();
+        }
         let (target, attainable) = scheduler.latency_target();
         if !attainable {
             tracing::warn!(
@@ -221,6 +238,9 @@ impl ModelVersion {
             queueing,
             request_timeout,
             limits: context.limits,
+            shadow,
+            intra_op_threads: intra,
+            load: Default::default(),
         })
     }
 
@@ -312,6 +332,25 @@ impl ModelVersion {
                 target.as_secs_f64() * 1e3
             )
         })
+    }
+
+    /// How loaded the version is, as a share of its latency target (see
+    /// `Scheduler::pressure`); 1 while its breaker is not closed.
+    pub fn pressure(&self) -> f64 {
+        if !self.breaker.is_closed() {
+            return 1.0;
+        }
+        self.scheduler.pressure()
+    }
+
+    /// CPU time the version's threads used.
+    pub fn model_cpu(&self) -> Duration {
+        self.scheduler.threads_cpu()
+    }
+
+    /// The queue's figures for a capacity answer (Scheduler::capacity_inputs).
+    pub fn capacity_inputs(&self) -> Option<(Vec<Duration>, usize, usize, Duration)> {
+        self.scheduler.capacity_inputs()
     }
 
     /// Admission's learnt margin and the batch size aimed for under load.

@@ -26,7 +26,7 @@ pub fn return_freed_memory() {
     }
 }
 pub use session::{RunInput, Session};
-pub use threads::ModelThreads;
+pub use threads::{ModelThreads, cores_available, process_cpu};
 
 use anyhow::Context;
 use ort::session::builder::PrepackedWeights;

@@ -12,6 +12,11 @@
 //! microseconds are never lowered: their instance thread is on every
 //! request's path, and lowering it cost them 2-3x throughput under a load
 //! generator sharing the cores.
+//!
+//! A shadow version (repository/shadow.rs) runs on spare capacity only:
+//! `idle` moves its threads to Linux's SCHED_IDLE class, which runs only
+//! when no thread of a normal class wants the core, so a shadow batch never
+//! takes a cycle from the serving version or the fronts.
 
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -32,6 +37,8 @@ struct Inner {
     /// Kernel thread ids of the threads alive now.
     tids: Mutex<Vec<i32>>,
     background: AtomicBool,
+    /// Set once the version is a shadow: every thread runs at SCHED_IDLE.
+    idle: AtomicBool,
 }
 
 /// A thread's membership; leaving the registry when dropped.
@@ -49,7 +56,12 @@ impl Drop for Member {
 impl ModelThreads {
     /// `name` names the pool threads, e.g. `mlp-1-pool`.
     pub fn new(name: String) -> Self {
-        ModelThreads(Arc::new(Inner { name, tids: Mutex::new(Vec::new()), background: AtomicBool::new(false) }))
+        ModelThreads(Arc::new(Inner {
+            name,
+            tids: Mutex::new(Vec::new()),
+            background: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+        }))
     }
 
     /// Registers the calling thread until the returned member is dropped;
@@ -60,6 +72,9 @@ impl ModelThreads {
         tids.push(tid);
         if self.0.background.load(Ordering::Acquire) {
             lower(tid);
+        }
+        if self.0.idle.load(Ordering::Acquire) {
+            make_idle(tid);
         }
         Member { threads: self.clone(), tid }
     }
@@ -74,6 +89,30 @@ impl ModelThreads {
         for &tid in tids.iter() {
             lower(tid);
         }
+    }
+
+    /// Moves every thread of the version, now and later, to SCHED_IDLE: it
+    /// runs only on cores nothing else wants. Once: an unprivileged process
+    /// cannot leave SCHED_IDLE again, so a shadow that is promoted is loaded
+    /// anew (repository/mod.rs).
+    pub fn idle(&self) {
+        let tids = self.0.tids.lock();
+        if self.0.idle.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        for &tid in tids.iter() {
+            make_idle(tid);
+        }
+    }
+
+    /// CPU time the version's live threads have used (utime + stime).
+    pub fn cpu_time(&self) -> std::time::Duration {
+        let tids = self.0.tids.lock().clone();
+        tids.into_iter().map(|tid| stat_cpu(&format!("/proc/self/task/{tid}/stat"))).sum()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.0.idle.load(Ordering::Acquire)
     }
 
     pub fn is_background(&self) -> bool {
@@ -143,6 +182,67 @@ fn lower(tid: i32) {
     let _ = tid;
 }
 
+/// CPU time the whole process has used (utime + stime).
+pub fn process_cpu() -> std::time::Duration {
+    stat_cpu("/proc/self/stat")
+}
+
+/// Cores the server may use: its CPU affinity and cgroup quota.
+pub fn cores_available() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// utime + stime of a /proc stat file (zero where it cannot be read).
+fn stat_cpu(path: &str) -> std::time::Duration {
+    let Ok(stat) = std::fs::read_to_string(path) else { return std::time::Duration::ZERO };
+    // Fields 14 and 15, counted after the command name, which may hold spaces.
+    let Some(after) = stat.rfind(')').map(|at| &stat[at + 2..]) else { return std::time::Duration::ZERO };
+    let mut fields = after.split(' ').skip(11);
+    let ticks: u64 = fields.by_ref().take(2).filter_map(|f| f.parse::<u64>().ok()).sum();
+    std::time::Duration::from_secs_f64(ticks as f64 / clock_ticks())
+}
+
+/// Clock ticks per second of /proc's times.
+fn clock_ticks() -> f64 {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn sysconf(name: i32) -> i64;
+        }
+        const SC_CLK_TCK: i32 = 2;
+        // SAFETY: a plain query without side effects.
+        let ticks = unsafe { sysconf(SC_CLK_TCK) };
+        if ticks > 0 {
+            return ticks as f64;
+        }
+    }
+    100.0
+}
+
+/// Moves thread `tid` to SCHED_IDLE. Failure only logs: the shadow still
+/// runs, at its normal priority, and its own queue bound still holds.
+fn make_idle(tid: i32) {
+    #[cfg(target_os = "linux")]
+    {
+        #[repr(C)]
+        struct SchedParam {
+            priority: i32,
+        }
+        unsafe extern "C" {
+            fn sched_setscheduler(pid: i32, policy: i32, param: *const SchedParam) -> i32;
+        }
+        const SCHED_IDLE: i32 = 5;
+        let param = SchedParam { priority: 0 };
+        // SAFETY: a plain system call on a thread id of this process, with a
+        // parameter that lives across it.
+        if unsafe { sched_setscheduler(tid, SCHED_IDLE, &param) } != 0 {
+            tracing::warn!(tid, "could not move a shadow version's thread to SCHED_IDLE");
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = tid;
+}
+
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
@@ -152,6 +252,63 @@ mod tests {
         // Field 19 is the nice value; the command name (field 2) may hold spaces.
         let after = &stat[stat.rfind(')').expect("comm") + 2..];
         after.split(' ').nth(16).expect("nice field").parse().expect("a number")
+    }
+
+    /// The scheduling policy of a thread, field 41 of its stat line.
+    fn policy_of(tid: i32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("own task");
+        let after = &stat[stat.rfind(')').expect("comm") + 2..];
+        after.split(' ').nth(38).expect("policy field").parse().expect("a number")
+    }
+
+    #[test]
+    fn cpu_time_counts_the_members_work() {
+        let threads = ModelThreads::new("test-cpu".into());
+        let worker = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _member = threads.enter();
+                let started = std::time::Instant::now();
+                let mut x = 0u64;
+                while started.elapsed() < std::time::Duration::from_millis(300) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                threads.cpu_time()
+            })
+        };
+        let used = worker.join().unwrap();
+        assert!(used >= std::time::Duration::from_millis(50), "{used:?}");
+        assert!(process_cpu() >= used);
+    }
+
+    #[test]
+    fn a_shadow_version_runs_every_thread_at_sched_idle() {
+        let threads = ModelThreads::new("test-shadow".into());
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let early = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _member = threads.enter();
+                tid_tx.send(current_tid()).unwrap();
+                go_rx.recv().unwrap();
+            })
+        };
+        let early_tid = tid_rx.recv().unwrap();
+        assert_eq!(policy_of(early_tid), 0, "SCHED_OTHER before");
+        threads.idle();
+        assert!(threads.is_idle());
+        assert_eq!(policy_of(early_tid), 5, "a member moves at once");
+        let late = {
+            let threads = threads.clone();
+            std::thread::spawn(move || {
+                let _member = threads.enter();
+                policy_of(current_tid())
+            })
+        };
+        assert_eq!(late.join().unwrap(), 5, "a thread that joins later starts idle");
+        go_tx.send(()).unwrap();
+        early.join().unwrap();
     }
 
     #[test]

@@ -8,6 +8,7 @@
 mod arrivals;
 pub mod batch;
 mod calibrate;
+pub mod capacity;
 pub mod cost;
 pub mod policy;
 mod worker;
@@ -82,6 +83,9 @@ struct Shared {
     /// The version's threads, moved to background priority once one
     /// execution takes BACKGROUND_FROM or more.
     threads: ModelThreads,
+    /// When admission last refused a request: a shadow copies nothing
+    /// for a while after (`pressure`).
+    last_refusal: Mutex<Option<Instant>>,
 }
 
 /// The server's own time around one execution (decode, queueing,
@@ -121,6 +125,9 @@ struct Queue {
 /// threads at background priority (runtime/threads.rs): its runs are long
 /// against the fronts' work per request, which then goes first.
 pub const BACKGROUND_FROM: Duration = Duration::from_millis(1);
+
+/// How long after a refusal the version counts as under pressure.
+const PRESSURE_MEMORY: Duration = Duration::from_secs(1);
 
 /// How often the cost gauges are refreshed.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
@@ -182,6 +189,7 @@ impl Scheduler {
             attainable: std::sync::atomic::AtomicBool::new(true),
             next_id: std::sync::atomic::AtomicU64::new(0),
             threads,
+            last_refusal: Mutex::new(None),
         });
         shared.publish_cost(&shared.queue.lock().jobs);
         for index in 0..instances {
@@ -309,9 +317,27 @@ impl Scheduler {
         Some(self.refused(refusal, placement.deadline.is_some_and(|d| d < now + target), target))
     }
 
+    /// How loaded the version is: the predicted completion of a one-row
+    /// request arriving now behind everything queued, as a share of the
+    /// latency target; 1 or more within PRESSURE_MEMORY of a refusal. 0
+    /// while the cost is unknown.
+    pub fn pressure(&self) -> f64 {
+        let now = Instant::now();
+        if self.shared.last_refusal.lock().is_some_and(|at| now.duration_since(at) < PRESSURE_MEMORY) {
+            return 1.0;
+        }
+        let queue = self.shared.queue.lock();
+        let (target, _) = latency_target(self.shared.slo, queue.jobs.cost().predict(1));
+        queue
+            .jobs
+            .predict(1, usize::MAX, now)
+            .map_or(0.0, |(predicted, _)| predicted.as_secs_f64() / target.as_secs_f64())
+    }
+
     /// Counts and words a refusal; `by_deadline` when the request's own
     /// deadline was the tighter bound.
     fn refused(&self, refusal: Refusal, by_deadline: bool, target: Duration) -> Error {
+        *self.shared.last_refusal.lock() = Some(Instant::now());
         let Labels { model, version } = &self.shared.labels;
         match refusal {
             Refusal::QueueFull(size) => {
@@ -361,6 +387,24 @@ impl Scheduler {
     /// size within the config's hints).
     pub fn admission_figures(&self) -> (Duration, usize) {
         (self.shared.calibration.margin(), self.shared.queue.lock().jobs.batch_size_aimed())
+    }
+
+    /// What the capacity answer needs from the queue: the execution time
+    /// of 1..=max rows, the instances, the batch size aimed for and the
+    /// latency target; None while nothing was learnt.
+    pub fn capacity_inputs(&self) -> Option<(Vec<Duration>, usize, usize, Duration)> {
+        let queue = self.shared.queue.lock();
+        let cost = queue.jobs.cost();
+        let max = self.shared.sessions.len().max(1);
+        let rows = queue.jobs.max_batch_size().max(1);
+        let table: Option<Vec<Duration>> = (1..=rows).map(|r| cost.predict(r)).collect();
+        let (target, _) = latency_target(self.shared.slo, cost.predict(1));
+        Some((table?, max, queue.jobs.batch_size_aimed(), target))
+    }
+
+    /// CPU time the version's threads (instances and ONNX Runtime's pool) used.
+    pub fn threads_cpu(&self) -> Duration {
+        self.shared.threads.cpu_time()
     }
 
     /// The predicted execution time per power-of-two batch size class.

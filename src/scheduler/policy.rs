@@ -177,6 +177,11 @@ impl<J> BatchQueue<J> {
         preferred.unwrap_or(efficient).min(self.full_size()).max(1)
     }
 
+    /// The most rows one batch holds (0 without batching).
+    pub fn max_batch_size(&self) -> usize {
+        self.policy.max_batch_size
+    }
+
     /// The batch size aimed for under load (target_size), for the statistics.
     pub fn batch_size_aimed(&self) -> usize {
         self.target_size()

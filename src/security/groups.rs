@@ -139,10 +139,13 @@ pub const HTTP_ROUTES: &[(&str, Group)] = &[
     ("/v2/models/{model}/versions/{version}/config", Group::ModelConfig),
     ("/v2/models/{model}/stats", Group::Statistics),
     ("/v2/models/{model}/versions/{version}/stats", Group::Statistics),
+    ("/v2/models/{model}/shadow", Group::Statistics),
+    ("/v2/models/{model}/capacity", Group::Statistics),
     ("/v2/repository/index", Group::ModelRepository),
     ("/v2/repository/models/{model}/load", Group::ModelRepository),
     ("/v2/repository/models/{model}/unload", Group::ModelRepository),
     ("/v2/repository/models/{model}/canary", Group::Canary),
+    ("/v2/repository/models/{model}/shadow", Group::Canary),
 ];
 
 /// The metrics port's one route.

@@ -4,11 +4,13 @@
 //! `version`, `code` only (bounded cardinality).
 
 pub mod logs;
+mod rollout;
 pub mod slo;
 mod stats;
 pub mod trace;
 pub mod triton;
 
+pub use rollout::{publish_shadow, record_shadow_promotion, set_capacity, set_shadow_percent};
 pub use stats::{BatchTally, ComputeTimes, Tally, VersionStats};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -153,6 +155,7 @@ fn describe() {
     metrics::describe_gauge!(TLS_CERT_EXPIRY, "When the served TLS certificate expires, seconds since the epoch");
     metrics::describe_counter!(AUTH_KEYS_RELOADS_TOTAL, "API key file reloads, by outcome");
     metrics::describe_counter!(AUTH_DENIED_TOTAL, "Calls refused by the auth layer, by port and reason");
+    rollout::describe();
 }
 
 /// Records one answered inference request.

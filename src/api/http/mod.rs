@@ -4,6 +4,7 @@
 mod codec;
 mod json;
 mod limits;
+mod rollout;
 
 pub use codec::decode as decode_body;
 
@@ -11,7 +12,7 @@ use crate::api::listen::{self, Limits, Protocol};
 use crate::api::{describe, grpc, http_status, inflate};
 use crate::error::{Error, Result};
 use crate::infer::InferResponse;
-use crate::repository::{CanaryAction, Repository};
+use crate::repository::Repository;
 use crate::security::audit;
 use crate::security::auth::{Auth, Denial, Guard};
 use crate::security::groups::{HTTP_ROUTES, Port};
@@ -58,7 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route(grouped("/v2/repository/index"), post(repository_index))
         .route(grouped("/v2/repository/models/{model}/load"), post(load))
         .route(grouped("/v2/repository/models/{model}/unload"), post(unload))
-        .route(grouped("/v2/repository/models/{model}/canary"), get(canary_status).post(steer_canary))
+        .route(grouped("/v2/models/{model}/shadow"), get(rollout::shadow_status))
+        .route(grouped("/v2/models/{model}/capacity"), get(rollout::capacity))
+        .route(grouped("/v2/repository/models/{model}/canary"), get(rollout::canary_status).post(rollout::steer_canary))
+        .route(grouped("/v2/repository/models/{model}/shadow"), get(rollout::shadow_status).post(rollout::steer_shadow))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), close_while_draining))
@@ -520,71 +524,6 @@ async fn unload(
     .await;
     audit::record("unload", &model, &extensions, result.as_ref().map(|_| ()));
     json_reply(result.map(|()| json!({ "name": model, "unload": true })))
-}
-
-/// `GET /v2/repository/models/{m}/canary`: the canary as it runs.
-async fn canary_status(Shared(state): Shared<AppState>, Path(model): Path<String>) -> Response {
-    json_reply(canary_json(&state, &model))
-}
-
-fn canary_json(state: &State, model: &str) -> Result<Value> {
-    Ok(match state.repository.canary(model)? {
-        None => json!({ "model": model, "canary": null }),
-        Some(c) => json!({
-            "model": model,
-            "stable_version": c.stable.to_string(),
-            "canary_version": c.canary.to_string(),
-            "weight": c.weight(),
-            "rolled_back": c.rolled_back(),
-        }),
-    })
-}
-
-/// `POST /v2/repository/models/{m}/canary` with `{"weight": 0-100}`,
-/// `{"action": "rollback"}` (weight 0) or `{"action": "promote"}`; answers
-/// the canary as it now runs.
-async fn steer_canary(
-    Shared(state): Shared<AppState>,
-    Path(model): Path<String>,
-    extensions: axum::http::Extensions,
-    body: Body,
-) -> Response {
-    let mut action_name = "canary";
-    let result = async {
-        let request = optional_json(&state, body).await?;
-        let action = match (request.get("action").and_then(Value::as_str), request.get("weight")) {
-            (Some("promote"), None) => CanaryAction::Promote,
-            (Some("rollback"), None) => CanaryAction::Weight(0),
-            (None, Some(weight)) => CanaryAction::Weight(
-                weight
-                    .as_u64()
-                    .and_then(|w| u32::try_from(w).ok())
-                    .ok_or_else(|| Error::invalid(format!("'weight' must be a whole number 0-100, got {weight}")))?,
-            ),
-            _ => {
-                return Err(Error::invalid(
-                    "send {\"weight\": 0-100}, {\"action\": \"rollback\"} or {\"action\": \"promote\"}",
-                ));
-            }
-        };
-        action_name = match action {
-            CanaryAction::Promote => "canary promote",
-            CanaryAction::Weight(0) => "canary rollback",
-            CanaryAction::Weight(_) => "canary weight",
-        };
-        let steered = state.repository.steer_canary(&model, action);
-        audit::record(action_name, &model, &extensions, steered.as_ref().map(|_| ()));
-        steered?;
-        canary_json(&state, &model)
-    }
-    .await;
-    if let Err(e) = &result
-        && action_name == "canary"
-    {
-        // Refused before it named an action (a bad body).
-        audit::record(action_name, &model, &extensions, Err(e));
-    }
-    json_reply(result)
 }
 
 #[cfg(test)]
