@@ -25,13 +25,14 @@ class Server:
     """ferroserve on `repository` with extra flags, listening on 127.0.0.1 and
     free ports; ready when the constructor returns. Use it as a context manager.
     With `tls` (an ssl.SSLContext trusting the server's CA), the HTTP port is
-    asked over HTTPS."""
+    asked over HTTPS. `prefix` runs it under another command (e.g.
+    `taskset -c 1`)."""
 
-    def __init__(self, repository, *flags, log=os.devnull, ready_timeout=60, tls=None):
+    def __init__(self, repository, *flags, log=os.devnull, ready_timeout=60, tls=None, prefix=()):
         self.log = open(log, "w")
         self.tls = tls
         self.proc = subprocess.Popen(
-            [SERVER, "--model-repository", repository, "--grpc-port", "0", "--http-port", "0",
+            [*prefix, SERVER, "--model-repository", repository, "--grpc-port", "0", "--http-port", "0",
              "--metrics-port", "0", "--grpc-address", "127.0.0.1", "--http-address", "127.0.0.1",
              "--metrics-address", "127.0.0.1", *flags],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, text=True,
@@ -77,6 +78,16 @@ class Server:
         with urllib.request.urlopen(f"{self.http_base}/v2/models/{model}/stats", timeout=5, context=self.tls) as r:
             s = json.load(r)["model_stats"][0]
         return s["inference_count"], s["execution_count"]
+
+    def get_json(self, path):
+        with urllib.request.urlopen(f"{self.http_base}{path}", timeout=30, context=self.tls) as r:
+            return json.load(r)
+
+    def post_json(self, path, body):
+        request = urllib.request.Request(f"{self.http_base}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=60, context=self.tls) as r:
+            return json.load(r)
 
     def metrics_text(self):
         with urllib.request.urlopen(f"http://{self.metrics}/metrics", timeout=5) as r:
@@ -183,12 +194,13 @@ def ghz_config(base, target, out, model=None, data=None):
     return path
 
 
-def ferroload(config, *args, details=False, background=False):
-    """Runs ferroload on a ghz config; returns its report (a dict), or the
-    Popen with `report_path` set when `background`."""
+def ferroload(config, *args, details=False, background=False, prefix=()):
+    """Runs ferroload on a ghz config (under `prefix`, e.g. `taskset -c 0`);
+    returns its report (a dict), or the Popen with `report_path` set when
+    `background`."""
     fd, report_path = tempfile.mkstemp(prefix="ferroload-", suffix=".json")
     os.close(fd)
-    cmd = [LOADGEN, "--config", config, *args, "--output", report_path]
+    cmd = [*prefix, LOADGEN, "--config", config, *args, "--output", report_path]
     if not details:
         cmd.append("--no-details")
     if background:

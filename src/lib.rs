@@ -16,6 +16,7 @@ pub mod error;
 mod fuzz;
 pub mod infer;
 pub mod pb;
+pub mod plan;
 pub mod repository;
 pub mod runtime;
 pub mod scheduler;

@@ -12,6 +12,16 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // `ferroserve plan ...` asks a running server for its capacity.
+    if std::env::args().nth(1).as_deref() == Some("plan") {
+        return match ferroserve::plan::main(std::env::args().skip(2)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ferroserve plan: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = Config::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
     // The OTLP exporter's channel runs on the runtime: build it inside.

@@ -6,10 +6,12 @@
 //!
 //! The shadow runs on spare capacity only: a copy is made only while the
 //! serving version is not under pressure (`PRESSURE`, nothing refused in
-//! the last second), at most `shadow_queue_size` copies are in flight, and
-//! the shadow version's threads run at SCHED_IDLE (runtime/threads.rs), so
-//! its batches take only cycles nothing else wants. Whatever is not copied
-//! is counted as shed, by reason.
+//! the last second), at most `shadow_queue_size` copies are in flight, a
+//! copy starts only once the serving version is idle (nothing queued or
+//! running; `IDLE_WAIT` at most), and the shadow version's threads run at
+//! SCHED_IDLE (runtime/threads.rs), so a serving batch that arrives while a
+//! shadow batch runs takes the cores back at once. Whatever is not copied
+//! or not run is counted as shed, by reason.
 //!
 //! Each answered pair is compared output by output (`compare`): rows within
 //! tolerance, max and mean absolute difference, top-1 agreement for
@@ -39,6 +41,9 @@ pub const EXAMPLES: usize = 8;
 /// The serving version's predicted completion for a request arriving now,
 /// as a share of its latency target, above which nothing is copied.
 pub const PRESSURE: f64 = 0.5;
+/// How long a copy waits for the serving version to be idle before it is
+/// dropped (counted `shed_busy`).
+pub const IDLE_WAIT: Duration = Duration::from_secs(1);
 
 /// The shadow a config (or an operator) asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -366,6 +371,8 @@ pub struct Counts {
     pub shed_pressure: u64,
     /// Not copied: the shadow's own queue was full.
     pub shed_queue: u64,
+    /// Copied, then dropped: the serving version was never idle within IDLE_WAIT.
+    pub shed_busy: u64,
     /// Copied, then refused by the shadow version's own admission.
     pub shed_admission: u64,
 }
@@ -659,7 +666,7 @@ impl Shadow {
     pub fn copy(
         self: &Arc<Self>,
         shadow: &Arc<ModelVersion>,
-        serving: &ModelVersion,
+        serving: &Arc<ModelVersion>,
         request: &InferRequest,
     ) -> Option<Pending> {
         let percent = u64::from(self.percent());
@@ -697,9 +704,14 @@ impl Shadow {
             trace: None,
         };
         let (reply, answer) = oneshot::channel::<ServingAnswer>();
-        let (this, shadow) = (self.clone(), shadow.clone());
+        let (this, shadow, serving) = (self.clone(), shadow.clone(), serving.clone());
         tokio::spawn(async move {
             let _slot = Slot(&this.in_flight);
+            if !serving.until_idle(IDLE_WAIT).await {
+                this.tally.lock().counts.shed_busy += 1;
+                return;
+            }
+            drop(serving);
             let started = Instant::now();
             let result = shadow.infer(copy).await;
             let latency = started.elapsed();

@@ -334,6 +334,12 @@ impl ModelVersion {
         })
     }
 
+    /// Waits until nothing is queued or running, at most `limit`; whether
+    /// that happened (a shadow's copy runs only then).
+    pub async fn until_idle(&self, limit: Duration) -> bool {
+        self.scheduler.until_idle(limit).await
+    }
+
     /// How loaded the version is, as a share of its latency target (see
     /// `Scheduler::pressure`); 1 while its breaker is not closed.
     pub fn pressure(&self) -> f64 {

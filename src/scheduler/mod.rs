@@ -86,6 +86,11 @@ struct Shared {
     /// When admission last refused a request: a shadow copies nothing
     /// for a while after (`pressure`).
     last_refusal: Mutex<Option<Instant>>,
+    /// Notified by an instance that leaves the version idle (nothing
+    /// queued, nothing running) while `idle_waiters` is above 0: a shadow's
+    /// copy waits for it before it runs (`until_idle`).
+    idle: tokio::sync::Notify,
+    idle_waiters: std::sync::atomic::AtomicUsize,
 }
 
 /// The server's own time around one execution (decode, queueing,
@@ -190,6 +195,8 @@ impl Scheduler {
             next_id: std::sync::atomic::AtomicU64::new(0),
             threads,
             last_refusal: Mutex::new(None),
+            idle: tokio::sync::Notify::new(),
+            idle_waiters: std::sync::atomic::AtomicUsize::new(0),
         });
         shared.publish_cost(&shared.queue.lock().jobs);
         for index in 0..instances {
@@ -317,6 +324,33 @@ impl Scheduler {
         Some(self.refused(refusal, placement.deadline.is_some_and(|d| d < now + target), target))
     }
 
+    /// Whether nothing is queued and no instance runs.
+    pub fn is_idle(&self) -> bool {
+        let queue = self.shared.queue.lock();
+        queue.jobs.is_empty() && queue.jobs.all_idle()
+    }
+
+    /// Waits until the version is idle, at most `limit`; whether it was.
+    pub async fn until_idle(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        let shared = &self.shared;
+        shared.idle_waiters.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let _waiting = Waiting(&shared.idle_waiters);
+        loop {
+            let notified = shared.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so an instance going idle in
+            // between is not missed.
+            notified.as_mut().enable();
+            if self.is_idle() {
+                return true;
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return self.is_idle();
+            }
+        }
+    }
+
     /// How loaded the version is: the predicted completion of a one-row
     /// request arriving now behind everything queued, as a share of the
     /// latency target; 1 or more within PRESSURE_MEMORY of a refusal. 0
@@ -429,6 +463,15 @@ impl Scheduler {
             let _ = job.reply.send(Err(Error::unavailable(reason, RETIRED_RETRY)));
         }
         count
+    }
+}
+
+/// Counts a task waiting in `until_idle` while it waits.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -263,6 +263,11 @@ impl<J> BatchQueue<J> {
         self.len + self.running_requests() == 1 && self.arrivals.population() <= 1
     }
 
+    /// Whether no instance runs anything now.
+    pub fn all_idle(&self) -> bool {
+        self.running.iter().all(Option::is_none)
+    }
+
     /// Whether instance `instance` runs nothing now.
     pub fn is_idle(&self, instance: usize) -> bool {
         self.running.get(instance).is_some_and(Option::is_none)

@@ -123,12 +123,15 @@ fn execute(shared: &Shared, index: usize, session: &mut Session, jobs: Vec<Job>)
     // The instance is free again before the answers go out, so a
     // client that answers back at once finds it idle.
     let ran = result.as_ref().ok().map(|_| (total, compute));
-    let more = {
+    let (more, idle) = {
         let mut queue = shared.queue.lock();
         queue.jobs.finished(index, ran);
         shared.publish_if_attainability_changed(&queue.jobs);
-        !queue.jobs.is_empty()
+        (!queue.jobs.is_empty(), queue.jobs.is_empty() && queue.jobs.all_idle())
     };
+    if idle && shared.idle_waiters.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        shared.idle.notify_waiters(); // a shadow's copy may run now
+    }
     let outputs = match result {
         Ok((outputs, times)) => {
             shared.stats.record_execution(total as u64, jobs.len() as u64, times);

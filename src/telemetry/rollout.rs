@@ -8,7 +8,8 @@ use crate::repository::shadow::Comparison;
 /// The share (0-100) of unpinned requests copied to the model's shadow.
 pub const SHADOW_PERCENT: &str = "ferroserve_shadow_percent";
 /// Copies for the shadow and what became of them, by outcome (compared,
-/// shadow_error, serving_error, shed_pressure, shed_queue, shed_admission).
+/// shadow_error, serving_error, shed_pressure, shed_queue, shed_busy,
+/// shed_admission).
 pub const SHADOW_REQUESTS_TOTAL: &str = "ferroserve_shadow_requests_total";
 /// Rows compared per output, and rows beyond tolerance.
 pub const SHADOW_ROWS_TOTAL: &str = "ferroserve_shadow_rows_total";
@@ -68,6 +69,7 @@ pub fn publish_shadow(model: &str, version: i64, comparison: &Comparison) {
         ("serving_error", c.serving_errors),
         ("shed_pressure", c.shed_pressure),
         ("shed_queue", c.shed_queue),
+        ("shed_busy", c.shed_busy),
         ("shed_admission", c.shed_admission),
     ] {
         let labels = [("model", model.to_string()), ("version", version.clone()), ("outcome", outcome.to_string())];

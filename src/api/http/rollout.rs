@@ -168,6 +168,7 @@ fn shadow_json(state: &State, model: &str) -> Result<Value> {
             "shed": {
                 "pressure": counts.shed_pressure,
                 "queue": counts.shed_queue,
+                "busy": counts.shed_busy,
                 "admission": counts.shed_admission,
             },
         },

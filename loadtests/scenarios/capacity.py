@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Capacity scenario: the server's predicted limit beside the measured one.
+
+    .deps/venv/bin/python loadtests/scenarios/capacity.py [--seconds 3] [--steps 6]
+        [--models mlp,cnn,text,mixed,resnet50] [--no-pin]
+
+(loadtests/scenarios.sh capacity builds first.) One ferroserve with default
+flags serves the shipped models (the default 25 ms SLO) and the heavy CNN of
+loadtests/models.py (ResNet-50, slo_latency_seconds 0.25). Unless --no-pin,
+the server runs on the last core and the load generator on the others
+(taskset), so the cores the server says it has are the cores it gets.
+
+For each model: a warm-up of open-loop traffic (so the server measures its
+own overhead per request), then the server's prediction
+(`GET /v2/models/{m}/capacity`: max_rps), then an open-loop Poisson sweep
+that finds the real limit by bisection: the highest rate at which at least
+99% of the requests sent are answered OK within the SLO (refusals and
+timeouts count as misses), starting from the prediction. Prints the measured
+limit beside the prediction (goal: within +-20%) and writes --out. Exits
+non-zero only when the server died. Loopback only; every trial is bounded
+(about 30 s per model).
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+import cost  # noqa: E402
+import harness  # noqa: E402
+import models  # noqa: E402
+
+SHIPPED = ("mlp", "cnn", "text", "mixed")
+WITHIN = 0.99
+
+
+def build_repository(repo, names):
+    for name in names:
+        if name in SHIPPED:
+            harness.copy_model(os.path.join(harness.ROOT, "models", name), repo, name)
+    if "resnet50" in names:
+        cached = models.ensure("resnet50", slo=cost.SLO)
+        os.makedirs(os.path.join(repo, "resnet50", "1"))
+        os.symlink(os.path.join(cached, "1", "model.onnx"), os.path.join(repo, "resnet50", "1", "model.onnx"))
+        shutil.copy(os.path.join(cached, "config.pbtxt"), os.path.join(repo, "resnet50", "config.pbtxt"))
+
+
+def trial(config, rps, seconds, slo, prefix, seed):
+    report = harness.ferroload(config, "-r", f"{rps:.3f}", "-c", "4096", "-z", f"{seconds}s", "-t", "10s",
+                               "--arrivals", "poisson", "--seed", str(seed), details=True, prefix=prefix)
+    details = report["details"]
+    within = sum(1 for d in details if d["status"] == "OK" and d["latency"] / 1e9 <= slo)
+    codes = {}
+    for d in details:
+        codes[d["status"]] = codes.get(d["status"], 0) + 1
+    share = within / len(details) if details else 0.0
+    lateness = harness.quantile([d.get("lateness", 0) / 1e6 for d in details], 0.99)
+    return {"rps": rps, "sent": len(details), "within_share": share, "passed": share >= WITHIN, "codes": codes,
+            "generator_lateness_p99_ms": lateness}
+
+
+def prediction(server, name):
+    answer = server.get_json(f"/v2/models/{name}/capacity")
+    version = answer["versions"][0]
+    return {"max_rps": version["max_rps"], "limited_by": version["limited_by"], "batch": version["batch_size"],
+            "overhead_us": answer["overhead_us_per_request"], "overhead_measured": answer["overhead_measured"],
+            "cores": answer["cores"], "cores_per_execution": version["cores_per_execution"]}
+
+
+def sweep(server, config, name, slo, seconds, steps, prefix):
+    # Warm-up: enough traffic for the server to measure its overhead per request.
+    first = prediction(server, name)
+    warm = trial(config, max(5.0, 0.3 * first["max_rps"]), 3, slo, prefix, seed=1)
+    time.sleep(2.2)  # two samples of the server's one-second timer
+    predicted = prediction(server, name)
+    low, high, rate = 0.0, None, predicted["max_rps"]
+    trials = []
+    for step in range(steps):
+        cost.settle(server)
+        t = trial(config, rate, seconds, slo, prefix, seed=100 + step)
+        trials.append(t)
+        print(f"  {name}: {rate:9.1f} rps: {t['within_share']:.2%} within {slo * 1e3:.0f} ms "
+              f"({'pass' if t['passed'] else 'fail'}), codes {t['codes']}, "
+              f"generator lateness p99 {t['generator_lateness_p99_ms']:.1f} ms")
+        if t["passed"]:
+            low = rate
+            rate = 2 * rate if high is None else (low + high) / 2
+        else:
+            high = rate
+            rate = (low + high) / 2
+    after = prediction(server, name)
+    return {"model": name, "slo_s": slo, "first": first, "warm_up": warm, "predicted": predicted,
+            "predicted_after": after, "trials": trials, "measured": low, "upper": high}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--models", default="mlp,cnn,text,mixed,resnet50")
+    parser.add_argument("--no-pin", action="store_true", help="let the server and the load generator share cores")
+    parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/capacity.json"))
+    args = parser.parse_args()
+    names = args.models.split(",")
+    work, repo = harness.scenario_workspace("capacity")
+    build_repository(repo, names)
+    cores = os.cpu_count() or 1
+    pin = not args.no_pin and cores >= 2 and shutil.which("taskset")
+    server_prefix = ["taskset", "-c", str(cores - 1)] if pin else []
+    load_prefix = ["taskset", "-c", f"0-{cores - 2}"] if pin else []
+    log = os.path.join(work, "server.log")
+    result = {"pinned": bool(pin), "models": []}
+    started = time.monotonic()
+    with harness.Server(repo, log=log, ready_timeout=300, prefix=server_prefix) as server:
+        for name in names:
+            if name == "resnet50":
+                config = harness.ghz_config("mlp", server.grpc, work, data=cost.heavy_request(name))
+                slo = cost.SLO
+            else:
+                config = harness.ghz_config(name, server.grpc, work)
+                slo = cost.DEFAULT_SLO
+            result["models"].append(sweep(server, config, name, slo, args.seconds, args.steps, load_prefix))
+        alive = server.alive() and server.http_status("/v2/health/ready") == 200
+    result["server_alive"] = alive
+    result["elapsed_s"] = time.monotonic() - started
+    where = f"server on core {cores - 1}, load generator on 0-{cores - 2}" if pin else "sharing every core"
+    print(f"\n== capacity: predicted (GET /v2/models/{{m}}/capacity) vs measured (open-loop sweep, >= 99% "
+          f"within the SLO), {where}")
+    for m in result["models"]:
+        p = m["predicted"]
+        ratio = p["max_rps"] / m["measured"] if m["measured"] else float("inf")
+        bracket = f"{m['measured']:.1f}..{m['upper']:.1f}" if m["upper"] else f">= {m['measured']:.1f}"
+        print(f"  {m['model']:9s} predicted {p['max_rps']:9.1f} rps ({p['limited_by']}, batch {p['batch']:.1f}, "
+              f"overhead {p['overhead_us']:.0f} us {'measured' if p['overhead_measured'] else 'assumed'}), "
+              f"measured {bracket} rps: {ratio:.2f}x      goal 0.8-1.2x: {cost.goal(0.8 <= ratio <= 1.2)}")
+    harness.write_json(args.out, result)
+    if not alive:
+        print(f"HARD FAILURE: the server died or is not ready (server log {log})")
+    return 0 if alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
