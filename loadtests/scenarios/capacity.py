@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Capacity scenario: the server's predicted limit beside the measured one.
 
-    .deps/venv/bin/python loadtests/scenarios/capacity.py [--seconds 3] [--steps 6]
-        [--models mlp,cnn,text,mixed,resnet50] [--no-pin]
+    .deps/venv/bin/python loadtests/scenarios/capacity.py [--seconds 3] [--heavy-seconds 20]
+        [--steps 6] [--models mlp,cnn,text,mixed,resnet50] [--no-pin]
 
 (loadtests/scenarios.sh capacity builds first.) One ferroserve with default
 flags serves the shipped models (the default 25 ms SLO) and the heavy CNN of
@@ -10,12 +10,14 @@ loadtests/models.py (ResNet-50, slo_latency_seconds 0.25). Unless --no-pin,
 the server runs on the last core and the load generator on the others
 (taskset), so the cores the server says it has are the cores it gets.
 
-For each model: a warm-up of open-loop traffic (so the server measures its
-own overhead per request), then the server's prediction
+For each model: a warm-up of open-loop traffic at 60% of the server's
+first answer (so the server measures its own overhead per request at a
+load like the one asked about), then the server's prediction
 (`GET /v2/models/{m}/capacity`: max_rps), then an open-loop Poisson sweep
 that finds the real limit by bisection: the highest rate at which at least
 99% of the requests sent are answered OK within the SLO (refusals and
-timeouts count as misses), starting from the prediction. Prints the measured
+timeouts count as misses), starting from the prediction. Trials on the
+heavy CNN last --heavy-seconds, so each holds about a hundred requests. Prints the measured
 limit beside the prediction (goal: within +-20%) and writes --out. Exits
 non-zero only when the server died. Loopback only; every trial is bounded
 (about 30 s per model).
@@ -74,7 +76,7 @@ def prediction(server, name):
 def sweep(server, config, name, slo, seconds, steps, prefix):
     # Warm-up: enough traffic for the server to measure its overhead per request.
     first = prediction(server, name)
-    warm = trial(config, max(5.0, 0.3 * first["max_rps"]), 3, slo, prefix, seed=1)
+    warm = trial(config, max(1.0, 0.6 * first["max_rps"]), seconds, slo, prefix, seed=1)
     time.sleep(2.2)  # two samples of the server's one-second timer
     predicted = prediction(server, name)
     low, high, rate = 0.0, None, predicted["max_rps"]
@@ -88,10 +90,10 @@ def sweep(server, config, name, slo, seconds, steps, prefix):
               f"generator lateness p99 {t['generator_lateness_p99_ms']:.1f} ms")
         if t["passed"]:
             low = rate
-            rate = 2 * rate if high is None else (low + high) / 2
+            rate = 1.25 * rate if high is None else (low + high) / 2
         else:
             high = rate
-            rate = (low + high) / 2
+            rate = 0.8 * rate if low == 0 else (low + high) / 2
     after = prediction(server, name)
     return {"model": name, "slo_s": slo, "first": first, "warm_up": warm, "predicted": predicted,
             "predicted_after": after, "trials": trials, "measured": low, "upper": high}
@@ -100,6 +102,7 @@ def sweep(server, config, name, slo, seconds, steps, prefix):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--heavy-seconds", type=float, default=20)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--models", default="mlp,cnn,text,mixed,resnet50")
     parser.add_argument("--no-pin", action="store_true", help="let the server and the load generator share cores")
@@ -119,11 +122,11 @@ def main():
         for name in names:
             if name == "resnet50":
                 config = harness.ghz_config("mlp", server.grpc, work, data=cost.heavy_request(name))
-                slo = cost.SLO
+                slo, seconds = cost.SLO, args.heavy_seconds
             else:
                 config = harness.ghz_config(name, server.grpc, work)
-                slo = cost.DEFAULT_SLO
-            result["models"].append(sweep(server, config, name, slo, args.seconds, args.steps, load_prefix))
+                slo, seconds = cost.DEFAULT_SLO, args.seconds
+            result["models"].append(sweep(server, config, name, slo, seconds, args.steps, load_prefix))
         alive = server.alive() and server.http_status("/v2/health/ready") == 200
     result["server_alive"] = alive
     result["elapsed_s"] = time.monotonic() - started

@@ -1,16 +1,17 @@
 //! Capacity answers from live data: each version's cost model
 //! (scheduler/capacity.rs does the arithmetic) with what the server
 //! measures on its timer: its own CPU per answered request outside the
-//! models (process CPU minus the model threads' CPU), each version's
-//! request rate, rows per request, and the cores one execution keeps busy.
-//! `GET /v2/models/{m}/capacity`, `ferroserve plan` and
-//! `ferroserve_capacity_requests_per_second` read it.
+//! models (the process's CPU time, less the models' share: each version's
+//! execution time times the cores one execution keeps busy), and each
+//! version's request rate and rows per request. `GET /v2/models/{m}/capacity`,
+//! `ferroserve plan` and `ferroserve_capacity_requests_per_second` read it.
 
 use super::{ModelVersion, Repository};
 use crate::error::{Error, Result};
 use crate::runtime::{cores_available, process_cpu};
 use crate::scheduler::capacity::{self, Answer, Inputs};
 use crate::telemetry;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -19,49 +20,56 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_OVERHEAD: Duration = Duration::from_micros(50);
 /// Requests a sample needs before its overhead counts.
 const MIN_SAMPLE_REQUESTS: u64 = 200;
-/// Weight of the newest sample in the smoothed figures.
-const SMOOTHING: f64 = 0.3;
+/// The samples the overhead is taken over: about the last minute.
+const OVERHEAD_SAMPLES: usize = 60;
 /// The capacity metric is refreshed every this many samples.
 const PUBLISH_EVERY: u64 = 5;
 /// How the answer is derived, as it says.
 pub const METHOD: &str = "open-loop Poisson arrivals simulated through the version's queue: its instances, \
      the batch size it aims for, the cost model's execution time per batch size, plus the measured \
-     per-request overhead; the highest rate at which 99% of requests finish within the latency target \
+     per-request overhead (the server's CPU time per answered request over the last minute, less the \
+     models' execution); the highest rate at which 99% of requests finish within the latency target \
      and the cores suffice (overhead CPU per request plus the model's CPU per execution)";
 
 /// The server-wide sample: process CPU against answered requests.
 #[derive(Debug, Default)]
 pub struct Overhead {
-    last: Option<(Instant, Duration, u64)>,
-    /// Smoothed CPU per answered request outside the models.
-    per_request: Option<f64>,
+    last: Option<(Duration, u64)>,
+    /// (front CPU seconds, requests) per sample, newest last.
+    window: VecDeque<(f64, u64)>,
     samples: u64,
 }
 
 impl Overhead {
-    /// Takes one sample: the process's CPU, the model threads' CPU since
-    /// the last sample, and the requests answered so far.
-    pub fn sample(&mut self, now: Instant, process: Duration, model_delta: Duration, answered: u64) {
-        if let Some((_, last_process, last_answered)) = self.last {
-            let requests = answered.saturating_sub(last_answered);
-            if requests >= MIN_SAMPLE_REQUESTS {
-                let front = process.saturating_sub(last_process).saturating_sub(model_delta).as_secs_f64();
-                let value = front / requests as f64;
-                self.per_request = Some(self.per_request.map_or(value, |old| old + SMOOTHING * (value - old)));
-            } else {
-                return; // too few: the window grows until it holds enough
-            }
-        }
+    /// Takes one sample: the process's CPU, the models' CPU since the last
+    /// sample, and the requests answered so far. A sample with too few
+    /// requests waits for the next (the window grows until it has enough).
+    pub fn sample(&mut self, process: Duration, models: Duration, answered: u64) {
         self.samples += 1;
-        self.last = Some((now, process, answered));
+        let Some((last_process, last_answered)) = self.last else {
+            self.last = Some((process, answered));
+            return;
+        };
+        let requests = answered.saturating_sub(last_answered);
+        if requests < MIN_SAMPLE_REQUESTS {
+            return;
+        }
+        let front = process.saturating_sub(last_process).saturating_sub(models).as_secs_f64();
+        if self.window.len() == OVERHEAD_SAMPLES {
+            self.window.pop_front();
+        }
+        self.window.push_back((front, requests));
+        self.last = Some((process, answered));
     }
 
-    /// The overhead per request, and whether it was measured.
+    /// The overhead per request over the window (busy moments weigh as
+    /// many requests as they answered), and whether it was measured.
     pub fn per_request(&self) -> (Duration, bool) {
-        match self.per_request {
-            Some(seconds) => (Duration::from_secs_f64(seconds.max(0.0)), true),
-            None => (DEFAULT_OVERHEAD, false),
+        let (cpu, requests) = self.window.iter().fold((0.0, 0u64), |(c, r), &(cpu, n)| (c + cpu, r + n));
+        if requests == 0 {
+            return (DEFAULT_OVERHEAD, false);
         }
+        (Duration::from_secs_f64((cpu / requests as f64).max(0.0)), true)
     }
 }
 
@@ -72,8 +80,6 @@ pub struct LoadSample {
     /// Requests per second over the latest sample.
     pub rate: f64,
     pub rows_per_request: Option<f64>,
-    /// Model-thread CPU seconds per second of execution.
-    pub cores_per_execution: Option<f64>,
 }
 
 /// A version's cumulative counters at one instant.
@@ -83,27 +89,20 @@ pub struct Counters {
     pub requests: u64,
     pub rows: u64,
     pub execution: Duration,
-    pub model_cpu: Duration,
 }
 
 impl LoadSample {
-    /// Takes the version's counters; returns its model CPU since the last sample.
+    /// Takes the version's counters; returns its execution time since the
+    /// last sample.
     pub fn update(&mut self, now: Counters) -> Duration {
-        let Some(last) = self.last.replace(now) else { return now.model_cpu };
+        let Some(last) = self.last.replace(now) else { return Duration::ZERO };
         let seconds = now.at.saturating_duration_since(last.at).as_secs_f64().max(1e-3);
         let requests = now.requests.saturating_sub(last.requests);
         self.rate = requests as f64 / seconds;
         if requests > 0 {
             self.rows_per_request = Some(now.rows.saturating_sub(last.rows) as f64 / requests as f64);
         }
-        let cpu = now.model_cpu.saturating_sub(last.model_cpu);
-        let execution = now.execution.saturating_sub(last.execution);
-        if execution >= Duration::from_millis(50) {
-            let cores = cpu.as_secs_f64() / execution.as_secs_f64();
-            self.cores_per_execution =
-                Some(self.cores_per_execution.map_or(cores, |old| old + SMOOTHING * (cores - old)));
-        }
-        cpu
+        now.execution.saturating_sub(last.execution)
     }
 }
 
@@ -118,9 +117,8 @@ pub struct VersionCapacity {
     pub answer: Answer,
     pub current_rate: f64,
     pub rows_per_request: f64,
+    /// Cores one execution keeps busy: its intra-op threads, within the cores.
     pub cores_per_execution: f64,
-    /// Whether cores_per_execution was measured (else assumed: the intra-op threads).
-    pub cores_measured: bool,
 }
 
 impl VersionCapacity {
@@ -152,7 +150,13 @@ impl ModelVersion {
             .map(|b| b.compute_input.get().1 + b.compute_infer.get().1 + b.compute_output.get().1)
             .sum();
         let execution = Duration::from_nanos(execution);
-        Counters { at, requests, rows, execution, model_cpu: self.model_cpu() }
+        Counters { at, requests, rows, execution }
+    }
+
+    /// Cores one execution keeps busy: ONNX Runtime's intra-op threads, at
+    /// most the cores there are.
+    fn cores_per_execution(&self, cores: f64) -> f64 {
+        (self.intra_op_threads as f64).min(cores).max(1.0)
     }
 
     /// What this version sustains within its latency target; None until
@@ -161,8 +165,7 @@ impl ModelVersion {
         let (cost, instances, batch, target) = self.capacity_inputs()?;
         let load = self.load.lock();
         let rows_per_request = load.rows_per_request.unwrap_or(1.0).max(1.0);
-        let assumed = (self.intra_op_threads as f64).min(cores).max(1.0);
-        let cores_per_execution = load.cores_per_execution.unwrap_or(assumed);
+        let cores_per_execution = self.cores_per_execution(cores);
         let inputs = Inputs {
             cost,
             instances,
@@ -183,7 +186,6 @@ impl ModelVersion {
             current_rate: load.rate,
             rows_per_request,
             cores_per_execution,
-            cores_measured: load.cores_per_execution.is_some(),
         })
     }
 }
@@ -193,17 +195,18 @@ impl Repository {
     /// load, and refreshes the capacity metric every PUBLISH_EVERY samples.
     pub fn sample_capacity(&self) {
         let now = Instant::now();
+        let cores = cores_available();
         let versions = self.all_ready();
-        let model_delta: Duration = versions.iter().map(|v| v.load.lock().update(v.counters(now))).sum();
+        let models: Duration =
+            versions.iter().map(|v| v.load.lock().update(v.counters(now)).mul_f64(v.cores_per_execution(cores))).sum();
         let answered = self.answered.load(Ordering::Relaxed);
         let mut overhead = self.overhead.lock();
-        overhead.sample(now, process_cpu(), model_delta, answered);
+        overhead.sample(process_cpu(), models, answered);
         let ((per_request, _), samples) = (overhead.per_request(), overhead.samples);
         drop(overhead);
         if samples % PUBLISH_EVERY != 1 {
             return;
         }
-        let cores = cores_available();
         for version in versions.iter().filter(|v| !v.shadow) {
             if let Some(answer) = version.capacity(per_request, cores, capacity::ARRIVALS / 2) {
                 telemetry::set_capacity(&version.name, &version.label, answer.answer.requests_per_second);
@@ -223,5 +226,42 @@ impl Repository {
         let (overhead, overhead_measured) = self.overhead.lock().per_request();
         let versions = versions.iter().filter_map(|v| v.capacity(overhead, cores, capacity::ARRIVALS)).collect();
         Ok(ModelCapacity { cores, overhead, overhead_measured, versions })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overhead_is_the_front_cpu_per_request_over_the_window() {
+        let mut overhead = Overhead::default();
+        assert_eq!(overhead.per_request(), (DEFAULT_OVERHEAD, false));
+        let ms = Duration::from_millis;
+        overhead.sample(ms(1000), Duration::ZERO, 0);
+        // 1 000 requests in 100 ms of CPU, 40 of them the models': 60 us each.
+        overhead.sample(ms(1100), ms(40), 1000);
+        assert_eq!(overhead.per_request(), (Duration::from_micros(60), true));
+        // Too few requests: the sample waits for the next one.
+        overhead.sample(ms(1110), Duration::ZERO, 1100);
+        assert_eq!(overhead.per_request().0, Duration::from_micros(60));
+        // 3 000 more at 20 us: weighted by requests, (60 + 60) ms / 4 000.
+        overhead.sample(ms(1160), Duration::ZERO, 4000);
+        assert_eq!(overhead.per_request().0, Duration::from_micros(30));
+    }
+
+    #[test]
+    fn the_load_sample_gives_the_rate_rows_and_execution_since_the_last() {
+        let mut load = LoadSample::default();
+        let at = Instant::now();
+        let counters = |secs: u64, requests, rows, ms| Counters {
+            at: at + Duration::from_secs(secs),
+            requests,
+            rows,
+            execution: Duration::from_millis(ms),
+        };
+        assert_eq!(load.update(counters(0, 10, 10, 5)), Duration::ZERO);
+        assert_eq!(load.update(counters(2, 210, 610, 105)), Duration::from_millis(100));
+        assert_eq!((load.rate, load.rows_per_request), (100.0, Some(3.0)));
     }
 }

@@ -349,11 +349,6 @@ impl ModelVersion {
         self.scheduler.pressure()
     }
 
-    /// CPU time the version's threads used.
-    pub fn model_cpu(&self) -> Duration {
-        self.scheduler.threads_cpu()
-    }
-
     /// The queue's figures for a capacity answer (Scheduler::capacity_inputs).
     pub fn capacity_inputs(&self) -> Option<(Vec<Duration>, usize, usize, Duration)> {
         self.scheduler.capacity_inputs()

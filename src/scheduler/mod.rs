@@ -436,11 +436,6 @@ impl Scheduler {
         Some((table?, max, queue.jobs.batch_size_aimed(), target))
     }
 
-    /// CPU time the version's threads (instances and ONNX Runtime's pool) used.
-    pub fn threads_cpu(&self) -> Duration {
-        self.shared.threads.cpu_time()
-    }
-
     /// The predicted execution time per power-of-two batch size class.
     pub fn execution_costs(&self) -> Vec<(usize, Option<Duration>)> {
         let queue = self.shared.queue.lock();

@@ -298,7 +298,6 @@ fn capacity_json(model: &str, answer: &ModelCapacity, target: Option<f64>) -> Va
                 "headroom_rps": (max - v.current_rate).max(0.0),
                 "rows_per_request": v.rows_per_request,
                 "cores_per_execution": v.cores_per_execution,
-                "cores_per_execution_measured": v.cores_measured,
                 "replicas_for_target": target.and_then(|t| v.replicas_for(t)),
             })
         })
