@@ -161,7 +161,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let mut every = tokio::time::interval(ROLLOUT_REFRESH);
             loop {
                 every.tick().await;
-                repository.tend_shadows().await;
+                repository.tend_shadows();
                 repository.sample_capacity();
             }
         }

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Capacity scenario: the server's predicted limit beside the measured one.
 
-    .deps/venv/bin/python loadtests/scenarios/capacity.py [--seconds 3] [--heavy-seconds 20]
-        [--steps 6] [--models mlp,cnn,text,mixed,resnet50] [--no-pin]
+    .deps/venv/bin/python loadtests/scenarios/capacity.py [--seconds 3] [--heavy-seconds 30]
+        [--models mlp,cnn,text,mixed,resnet50] [--no-pin]
 
 (loadtests/scenarios.sh capacity builds first.) One ferroserve with default
 flags serves the shipped models (the default 25 ms SLO) and the heavy CNN of
@@ -14,13 +14,18 @@ For each model: a warm-up of open-loop traffic at 60% of the server's
 first answer (so the server measures its own overhead per request at a
 load like the one asked about), then the server's prediction
 (`GET /v2/models/{m}/capacity`: max_rps), then an open-loop Poisson sweep
-that finds the real limit by bisection: the highest rate at which at least
-99% of the requests sent are answered OK within the SLO (refusals and
-timeouts count as misses), starting from the prediction. Trials on the
-heavy CNN last --heavy-seconds, so each holds about a hundred requests. Prints the measured
+that finds the real limit from below: trials at 0.6, 0.7, ... of the
+prediction, 10% apart, up to the first that fails; the limit is the highest
+rate at which at least 99% of the requests sent were answered OK within the
+SLO (refusals and timeouts count as misses). A rate that fails is tried
+once more and passes if either trial does: a stall of the shared machine
+only ever makes a trial worse. (Coming from below matters: after a trial
+far past the limit, the next ones start from a queue and a learnt margin
+the overload left, and fail below it.) Trials on the heavy CNN last
+--heavy-seconds, so each holds about a hundred requests. Prints the measured
 limit beside the prediction (goal: within +-20%) and writes --out. Exits
 non-zero only when the server died. Loopback only; every trial is bounded
-(about 30 s per model).
+(about a minute per model, a few on the heavy CNN).
 """
 
 import argparse
@@ -73,27 +78,33 @@ def prediction(server, name):
             "cores": answer["cores"], "cores_per_execution": version["cores_per_execution"]}
 
 
-def sweep(server, config, name, slo, seconds, steps, prefix):
+STEPS = [0.6 + 0.1 * i for i in range(12)]  # 0.6 .. 1.7 of the prediction
+
+
+def sweep(server, config, name, slo, seconds, prefix):
     # Warm-up: enough traffic for the server to measure its overhead per request.
     first = prediction(server, name)
     warm = trial(config, max(1.0, 0.6 * first["max_rps"]), seconds, slo, prefix, seed=1)
     time.sleep(2.2)  # two samples of the server's one-second timer
     predicted = prediction(server, name)
-    low, high, rate = 0.0, None, predicted["max_rps"]
+    low, high = 0.0, None
     trials = []
-    for step in range(steps):
+    for step, share in enumerate(STEPS):
+        rate = share * predicted["max_rps"]
         cost.settle(server)
         t = trial(config, rate, seconds, slo, prefix, seed=100 + step)
+        if not t["passed"]:
+            trials.append(t)
+            cost.settle(server)
+            t = trial(config, rate, seconds, slo, prefix, seed=200 + step)
         trials.append(t)
-        print(f"  {name}: {rate:9.1f} rps: {t['within_share']:.2%} within {slo * 1e3:.0f} ms "
+        print(f"  {name}: {rate:9.1f} rps ({share:.1f}x): {t['within_share']:.2%} within {slo * 1e3:.0f} ms "
               f"({'pass' if t['passed'] else 'fail'}), codes {t['codes']}, "
               f"generator lateness p99 {t['generator_lateness_p99_ms']:.1f} ms")
-        if t["passed"]:
-            low = rate
-            rate = 1.25 * rate if high is None else (low + high) / 2
-        else:
+        if not t["passed"]:
             high = rate
-            rate = 0.8 * rate if low == 0 else (low + high) / 2
+            break
+        low = rate
     after = prediction(server, name)
     return {"model": name, "slo_s": slo, "first": first, "warm_up": warm, "predicted": predicted,
             "predicted_after": after, "trials": trials, "measured": low, "upper": high}
@@ -102,8 +113,7 @@ def sweep(server, config, name, slo, seconds, steps, prefix):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=3)
-    parser.add_argument("--heavy-seconds", type=float, default=20)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--heavy-seconds", type=float, default=30)
     parser.add_argument("--models", default="mlp,cnn,text,mixed,resnet50")
     parser.add_argument("--no-pin", action="store_true", help="let the server and the load generator share cores")
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/capacity.json"))
@@ -126,7 +136,7 @@ def main():
             else:
                 config = harness.ghz_config(name, server.grpc, work)
                 slo, seconds = cost.DEFAULT_SLO, args.seconds
-            result["models"].append(sweep(server, config, name, slo, seconds, args.steps, load_prefix))
+            result["models"].append(sweep(server, config, name, slo, seconds, load_prefix))
         alive = server.alive() and server.http_status("/v2/health/ready") == 200
     result["server_alive"] = alive
     result["elapsed_s"] = time.monotonic() - started

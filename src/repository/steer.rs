@@ -267,7 +267,7 @@ impl Repository {
 
     /// On the server's timer: exports every shadow's comparison, and
     /// promotes to canary each shadow whose evidence says so.
-    pub async fn tend_shadows(self: &Arc<Self>) {
+    pub fn tend_shadows(self: &Arc<Self>) {
         let shadows: Vec<(String, Arc<Shadow>)> =
             self.models.read().iter().filter_map(|(name, state)| Some((name.clone(), state.shadow.clone()?))).collect();
         for (name, shadow) in shadows {
@@ -275,9 +275,13 @@ impl Repository {
             let (Some(reason), Some(promote)) = (shadow.take_due(), shadow.settings.promote) else { continue };
             tracing::info!(model = %name, shadow = shadow.version, %reason, "the shadow's evidence meets its thresholds");
             let action = ShadowAction::Promote(PromoteTo::Canary(u32::from(promote.weight)));
-            if let Err(error) = self.steer_shadow(&name, action, "automatic").await {
-                tracing::warn!(model = %name, shadow = shadow.version, %error, "the shadow could not be promoted");
-            }
+            // The reload runs on its own task: the timer keeps its pace.
+            let this = self.clone();
+            tokio::spawn(async move {
+                if let Err(error) = this.steer_shadow(&name, action, "automatic").await {
+                    tracing::warn!(model = %name, shadow = shadow.version, %error, "the shadow could not be promoted");
+                }
+            });
         }
     }
 }
