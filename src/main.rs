@@ -23,7 +23,14 @@ fn main() -> ExitCode {
         };
     }
     let config = Config::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("building the tokio runtime");
+    // The workers' busy periods give the capacity answer its CPU per request.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(ferroserve::runtime::worker_unparked)
+        .on_thread_unpark(ferroserve::runtime::worker_unparked)
+        .on_thread_park(ferroserve::runtime::worker_parked)
+        .build()
+        .expect("building the tokio runtime");
     // The OTLP exporter's channel runs on the runtime: build it inside.
     let provider = match trace::endpoint(config.otlp_endpoint.as_deref()) {
         Some(endpoint) => match runtime.block_on(async { trace::install(&endpoint, config.trace_sample_ratio) }) {

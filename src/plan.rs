@@ -91,7 +91,11 @@ impl Plan {
             }
             method.get_or_insert_with(|| {
                 let overhead = answer["overhead_us_per_request"].as_f64().unwrap_or_default();
-                let measured = if answer["overhead_measured"] == true { "measured" } else { "assumed" };
+                let measured = match answer["overhead_source"].as_str() {
+                    Some("marginal") => "measured: one more request on an awake worker",
+                    Some("mean") => "measured: the mean at today's load",
+                    _ => "assumed",
+                };
                 format!(
                     "{} cores; server overhead {overhead:.0} us per request ({measured}).\nMethod: {}",
                     answer["cores"],

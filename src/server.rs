@@ -162,7 +162,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             loop {
                 every.tick().await;
                 repository.tend_shadows();
-                repository.sample_capacity();
+                // The capacity simulation takes milliseconds: off the workers.
+                let sampler = repository.clone();
+                let _ = tokio::task::spawn_blocking(move || sampler.sample_capacity()).await;
             }
         }
     });

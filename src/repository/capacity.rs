@@ -8,7 +8,7 @@
 
 use super::{ModelVersion, Repository};
 use crate::error::{Error, Result};
-use crate::runtime::{cores_available, process_cpu};
+use crate::runtime::{BusyPeriods, busy_periods, cores_available, process_cpu};
 use crate::scheduler::capacity::{self, Answer, Inputs};
 use crate::telemetry;
 use std::collections::VecDeque;
@@ -31,21 +31,51 @@ pub const METHOD: &str = "open-loop Poisson arrivals simulated through the versi
      models' execution); the highest rate at which 99% of requests finish within the latency target \
      and the cores suffice (overhead CPU per request plus the model's CPU per execution)";
 
-/// The server-wide sample: process CPU against answered requests.
+/// The server-wide sample: process CPU against answered requests, and
+/// the runtime workers' busy periods (runtime/workers.rs).
 #[derive(Debug, Default)]
 pub struct Overhead {
     last: Option<(Duration, u64)>,
     /// (front CPU seconds, requests) per sample, newest last.
     window: VecDeque<(f64, u64)>,
+    /// The busy-period sums at each sample, oldest first: the newest less
+    /// the oldest is the last minute's.
+    busy: VecDeque<BusyPeriods>,
     samples: u64,
+}
+
+/// Where the overhead per request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OverheadSource {
+    /// The CPU of one more request on an awake worker (the busy-period fit).
+    Marginal,
+    /// The mean CPU per request outside the models at today's load.
+    Mean,
+    /// Nothing measured yet: DEFAULT_OVERHEAD.
+    Assumed,
+}
+
+impl OverheadSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OverheadSource::Marginal => "marginal",
+            OverheadSource::Mean => "mean",
+            OverheadSource::Assumed => "assumed",
+        }
+    }
 }
 
 impl Overhead {
     /// Takes one sample: the process's CPU, the models' CPU since the last
-    /// sample, and the requests answered so far. A sample with too few
-    /// requests waits for the next (the window grows until it has enough).
-    pub fn sample(&mut self, process: Duration, models: Duration, answered: u64) {
+    /// sample, the requests answered so far and the workers' busy-period
+    /// sums. A sample with too few requests waits for the next (the window
+    /// grows until it has enough).
+    pub fn sample(&mut self, process: Duration, models: Duration, answered: u64, busy: BusyPeriods) {
         self.samples += 1;
+        if self.busy.len() > OVERHEAD_SAMPLES {
+            self.busy.pop_front();
+        }
+        self.busy.push_back(busy);
         let Some((last_process, last_answered)) = self.last else {
             self.last = Some((process, answered));
             return;
@@ -62,14 +92,37 @@ impl Overhead {
         self.last = Some((process, answered));
     }
 
-    /// The overhead per request over the window (busy moments weigh as
-    /// many requests as they answered), and whether it was measured.
-    pub fn per_request(&self) -> (Duration, bool) {
+    /// The mean CPU per request outside the models over the window (busy
+    /// moments weigh as many requests as they answered).
+    pub fn mean(&self) -> Option<Duration> {
         let (cpu, requests) = self.window.iter().fold((0.0, 0u64), |(c, r), &(cpu, n)| (c + cpu, r + n));
-        if requests == 0 {
-            return (DEFAULT_OVERHEAD, false);
+        (requests > 0).then(|| Duration::from_secs_f64((cpu / requests as f64).max(0.0)))
+    }
+
+    /// The marginal CPU of a request on the workers over the window, once
+    /// it holds MIN_SAMPLE_REQUESTS answered requests.
+    pub fn marginal(&self) -> Option<Duration> {
+        let (oldest, newest) = (self.busy.front()?, self.busy.back()?);
+        let window = newest.since(oldest);
+        if window.finished() < MIN_SAMPLE_REQUESTS as f64 {
+            return None;
         }
-        (Duration::from_secs_f64((cpu / requests as f64).max(0.0)), true)
+        window.marginal().map(Duration::from_secs_f64)
+    }
+
+    /// The overhead per request the capacity answer uses: the marginal
+    /// cost where the fit can tell it (what a request costs near the
+    /// limit), else the mean at today's load (an upper bound of it), else
+    /// the default.
+    pub fn per_request(&self) -> (Duration, OverheadSource) {
+        match (self.marginal(), self.mean()) {
+            // The mean holds the wake-ups too: a marginal above it is a
+            // fit gone wrong.
+            (Some(marginal), Some(mean)) if marginal <= mean => (marginal, OverheadSource::Marginal),
+            (_, Some(mean)) => (mean, OverheadSource::Mean),
+            (Some(marginal), None) => (marginal, OverheadSource::Marginal),
+            (None, None) => (DEFAULT_OVERHEAD, OverheadSource::Assumed),
+        }
     }
 }
 
@@ -133,7 +186,9 @@ impl VersionCapacity {
 pub struct ModelCapacity {
     pub cores: f64,
     pub overhead: Duration,
-    pub overhead_measured: bool,
+    pub overhead_source: OverheadSource,
+    /// The mean CPU per request outside the models at today's load.
+    pub overhead_mean: Option<Duration>,
     pub versions: Vec<VersionCapacity>,
 }
 
@@ -201,7 +256,7 @@ impl Repository {
             versions.iter().map(|v| v.load.lock().update(v.counters(now)).mul_f64(v.cores_per_execution(cores))).sum();
         let answered = self.answered.load(Ordering::Relaxed);
         let mut overhead = self.overhead.lock();
-        overhead.sample(process_cpu(), models, answered);
+        overhead.sample(process_cpu(), models, answered, busy_periods());
         let ((per_request, _), samples) = (overhead.per_request(), overhead.samples);
         drop(overhead);
         if samples % PUBLISH_EVERY != 1 {
@@ -223,9 +278,12 @@ impl Repository {
             return Err(Error::unavailable(format!("model '{name}' has no ready version"), Duration::from_secs(1)));
         }
         let cores = cores_available();
-        let (overhead, overhead_measured) = self.overhead.lock().per_request();
+        let ((overhead, overhead_source), overhead_mean) = {
+            let measured = self.overhead.lock();
+            (measured.per_request(), measured.mean())
+        };
         let versions = versions.iter().filter_map(|v| v.capacity(overhead, cores, capacity::ARRIVALS)).collect();
-        Ok(ModelCapacity { cores, overhead, overhead_measured, versions })
+        Ok(ModelCapacity { cores, overhead, overhead_source, overhead_mean, versions })
     }
 }
 
@@ -236,18 +294,38 @@ mod tests {
     #[test]
     fn the_overhead_is_the_front_cpu_per_request_over_the_window() {
         let mut overhead = Overhead::default();
-        assert_eq!(overhead.per_request(), (DEFAULT_OVERHEAD, false));
+        assert_eq!(overhead.per_request(), (DEFAULT_OVERHEAD, OverheadSource::Assumed));
         let ms = Duration::from_millis;
-        overhead.sample(ms(1000), Duration::ZERO, 0);
+        let none = BusyPeriods::default();
+        overhead.sample(ms(1000), Duration::ZERO, 0, none);
         // 1 000 requests in 100 ms of CPU, 40 of them the models': 60 us each.
-        overhead.sample(ms(1100), ms(40), 1000);
-        assert_eq!(overhead.per_request(), (Duration::from_micros(60), true));
+        overhead.sample(ms(1100), ms(40), 1000, none);
+        assert_eq!(overhead.per_request(), (Duration::from_micros(60), OverheadSource::Mean));
         // Too few requests: the sample waits for the next one.
-        overhead.sample(ms(1110), Duration::ZERO, 1100);
+        overhead.sample(ms(1110), Duration::ZERO, 1100, none);
         assert_eq!(overhead.per_request().0, Duration::from_micros(60));
         // 3 000 more at 20 us: weighted by requests, (60 + 60) ms / 4 000.
-        overhead.sample(ms(1160), Duration::ZERO, 4000);
+        overhead.sample(ms(1160), Duration::ZERO, 4000, none);
         assert_eq!(overhead.per_request().0, Duration::from_micros(30));
+    }
+
+    #[test]
+    fn the_marginal_cost_of_the_busy_periods_wins_once_it_can_be_told() {
+        let mut overhead = Overhead::default();
+        let ms = Duration::from_millis;
+        let mut busy = BusyPeriods::default();
+        overhead.sample(ms(0), Duration::ZERO, 0, busy);
+        // 600 busy periods of 1 to 3 requests: 40 us to wake, 15 us a request.
+        for i in 0..600u32 {
+            let k = f64::from(1 + i % 3);
+            busy.add(40e-6 + 15e-6 * k, k, k);
+        }
+        overhead.sample(ms(60), Duration::ZERO, 1200, busy);
+        let (cost, source) = overhead.per_request();
+        assert_eq!(source, OverheadSource::Marginal);
+        assert!(cost.abs_diff(Duration::from_micros(15)) < Duration::from_nanos(10), "{cost:?}");
+        // The mean at this load is the wake-ups' too: 50 us a request.
+        assert_eq!(overhead.mean(), Some(Duration::from_micros(50)));
     }
 
     #[test]

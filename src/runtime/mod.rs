@@ -1,11 +1,14 @@
 //! The ONNX Runtime boundary: finding and loading the shared library,
 //! building sessions with ferroserve's tuning, reading a graph's signature and
-//! running it on raw tensor bytes. Nothing outside this module knows `ort`.
+//! running it on raw tensor bytes, and what the process may use of the
+//! machine (threads, cores). Nothing outside this module knows `ort`.
 
+mod cgroup;
 mod library;
 mod session;
 mod strings;
 mod threads;
+mod workers;
 
 pub use library::locate_library;
 
@@ -27,6 +30,7 @@ pub fn return_freed_memory() {
 }
 pub use session::{RunInput, Session};
 pub use threads::{ModelThreads, cores_available, process_cpu};
+pub use workers::{Sums as BusyPeriods, busy_periods, request_begun, request_finished, worker_parked, worker_unparked};
 
 use anyhow::Context;
 use ort::session::builder::PrepackedWeights;

@@ -181,9 +181,11 @@ pub fn process_cpu() -> std::time::Duration {
     stat_cpu("/proc/self/stat")
 }
 
-/// Cores the server may use: its CPU affinity and cgroup quota.
+/// Cores the server may use: its CPU affinity, and its cgroup's CPU limit
+/// with the fraction kept (a limit of 1500m is 1.5 cores).
 pub fn cores_available() -> f64 {
-    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+    let whole = std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64);
+    super::cgroup::cpu_limit().map_or(whole, |limit| limit.min(whole))
 }
 
 /// utime + stime of a /proc stat file (zero where it cannot be read).

@@ -4,7 +4,7 @@
 use super::json as tensor_json;
 use super::{AppState, json_reply, optional_json};
 use crate::error::{Error, Result};
-use crate::repository::capacity::{METHOD, ModelCapacity};
+use crate::repository::capacity::{METHOD, ModelCapacity, OverheadSource};
 use crate::repository::shadow::{Comparison, Diff, Latency};
 use crate::repository::{CanaryAction, PromoteTo, ShadowAction};
 use crate::security::audit;
@@ -251,11 +251,14 @@ pub(super) async fn capacity(
     Path(model): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    let result = (|| {
+    // The simulation takes milliseconds of CPU: off the runtime's workers.
+    let result = tokio::task::spawn_blocking(move || {
         let target = target_rps(query.as_deref())?;
         let answer = state.repository.capacity(&model)?;
         Ok(capacity_json(&model, &answer, target))
-    })();
+    })
+    .await
+    .unwrap_or_else(|e| Err(Error::Internal(format!("the capacity answer failed: {e}"))));
     json_reply(result)
 }
 
@@ -307,7 +310,9 @@ fn capacity_json(model: &str, answer: &ModelCapacity, target: Option<f64>) -> Va
         "method": METHOD,
         "cores": answer.cores,
         "overhead_us_per_request": answer.overhead.as_secs_f64() * 1e6,
-        "overhead_measured": answer.overhead_measured,
+        "overhead_measured": answer.overhead_source != OverheadSource::Assumed,
+        "overhead_source": answer.overhead_source.as_str(),
+        "overhead_mean_us_per_request": answer.overhead_mean.map(|d| d.as_secs_f64() * 1e6),
         "target_rps": target,
         "versions": versions,
     })
