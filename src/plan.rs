@@ -90,14 +90,10 @@ impl Plan {
                 continue;
             }
             method.get_or_insert_with(|| {
-                let overhead = answer["overhead_us_per_request"].as_f64().unwrap_or_default();
-                let measured = match answer["overhead_source"].as_str() {
-                    Some("marginal") => "measured: one more request on an awake worker",
-                    Some("mean") => "measured: the mean at today's load",
-                    _ => "assumed",
-                };
                 format!(
-                    "{} cores; server overhead {overhead:.0} us per request ({measured}).\nMethod: {}",
+                    "{} cores. Overhead: the server's CPU per request outside the model; marginal: one more \
+                     request on an awake worker; busy_mean: the version's mean on the workers; mean: the \
+                     server's mean at today's load.\nMethod: {}",
                     answer["cores"],
                     answer["method"].as_str().unwrap_or_default()
                 )
@@ -128,6 +124,11 @@ fn row(model: &str, v: &Value, target: bool) -> Vec<String> {
         number("current_rps", 1),
         v["utilisation"].as_f64().map_or("-".into(), |u| format!("{:.0}%", 100.0 * u)),
         number("headroom_rps", 1),
+        format!(
+            "{:.0} us {}",
+            v["overhead_us_per_request"].as_f64().unwrap_or_default(),
+            v["overhead_source"].as_str().unwrap_or_default()
+        ),
     ];
     if target {
         row.push(v["replicas_for_target"].as_u64().map_or("-".into(), |r| r.to_string()));
@@ -137,7 +138,7 @@ fn row(model: &str, v: &Value, target: bool) -> Vec<String> {
 
 fn print_table(rows: &[Vec<String>], target: Option<f64>) {
     let mut header: Vec<String> =
-        ["MODEL", "VERSION", "MAX RPS", "LIMITED BY", "BATCH", "TARGET MS", "NOW RPS", "UTIL", "HEADROOM"]
+        ["MODEL", "VERSION", "MAX RPS", "LIMITED BY", "BATCH", "TARGET MS", "NOW RPS", "UTIL", "HEADROOM", "OVERHEAD"]
             .map(String::from)
             .to_vec();
     if let Some(target) = target {

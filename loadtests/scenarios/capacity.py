@@ -19,10 +19,11 @@ as the cores it has. The heavy CNN has a server of its own, with the
 whole core.
 
 For each model: a warm-up of open-loop traffic at 60% of the server's
-first answer (so the server measures its own overhead per request at a
-load like the one asked about), then the server's prediction
-(`GET /v2/models/{m}/capacity`: max_rps; printed again after the sweep,
-when the server has seen load near its limit), then an open-loop Poisson sweep
+first answer (a light load), a second at 80% of the answer after it (so
+the server measures its own cost per request near the rate asked about),
+then the server's prediction (`GET /v2/models/{m}/capacity`: max_rps; the
+one after the light warm-up and the one after the sweep are printed
+beside it), then an open-loop Poisson sweep
 that finds the real limit from below: trials at 0.6, 0.7, ... of the
 prediction, 10% apart, up to the first that fails; the limit is the highest
 rate at which at least 99% of the requests sent were answered OK within the
@@ -114,7 +115,7 @@ def prediction(server, name):
     answer = server.get_json(f"/v2/models/{name}/capacity")
     version = answer["versions"][0]
     return {"max_rps": version["max_rps"], "limited_by": version["limited_by"], "batch": version["batch_size"],
-            "overhead_us": answer["overhead_us_per_request"], "overhead_source": answer["overhead_source"],
+            "overhead_us": version["overhead_us_per_request"], "overhead_source": version["overhead_source"],
             "overhead_mean_us": answer["overhead_mean_us_per_request"],
             "cores": answer["cores"], "cores_per_execution": version["cores_per_execution"]}
 
@@ -123,10 +124,16 @@ STEPS = [0.6 + 0.1 * i for i in range(12)]  # 0.6 .. 1.7 of the prediction
 
 
 def sweep(server, config, name, slo, seconds, prefix):
-    # Warm-up: enough traffic for the server to measure its overhead per request.
+    # Warm-up: traffic for the server to measure its cost per request at,
+    # first at 60% of its first answer (a light load), then at 80% of the
+    # answer that gave (near the rate the question is about).
     first = prediction(server, name)
     warm = trial(config, max(1.0, 0.6 * first["max_rps"]), seconds, slo, prefix, seed=1)
     time.sleep(2.2)  # two samples of the server's one-second timer
+    light = prediction(server, name)
+    cost.settle(server)
+    warm_near = trial(config, max(1.0, 0.8 * light["max_rps"]), seconds, slo, prefix, seed=2)
+    time.sleep(2.2)
     predicted = prediction(server, name)
     low, high = 0.0, None
     trials = []
@@ -147,7 +154,8 @@ def sweep(server, config, name, slo, seconds, prefix):
             break
         low = rate
     after = prediction(server, name)
-    return {"model": name, "slo_s": slo, "first": first, "warm_up": warm, "predicted": predicted,
+    return {"model": name, "slo_s": slo, "first": first, "warm_up": warm, "predicted_light": light,
+            "warm_up_near": warm_near, "predicted": predicted,
             "predicted_after": after, "trials": trials, "measured": low, "upper": high}
 
 
@@ -212,15 +220,17 @@ def main():
     print(f"\n== capacity: predicted (GET /v2/models/{{m}}/capacity) vs measured (open-loop sweep, >= 99% "
           f"within the SLO), {where}")
     for m in result["models"]:
-        p, after = m["predicted"], m["predicted_after"]
+        p, light, after = m["predicted"], m["predicted_light"], m["predicted_after"]
         ratio = p["max_rps"] / m["measured"] if m["measured"] else float("inf")
+        ratio_light = light["max_rps"] / m["measured"] if m["measured"] else float("inf")
         ratio_after = after["max_rps"] / m["measured"] if m["measured"] else float("inf")
         bracket = f"{m['measured']:.1f}..{m['upper']:.1f}" if m["upper"] else f">= {m['measured']:.1f}"
         print(f"  {m['model']:9s} predicted {p['max_rps']:9.1f} rps ({p['limited_by']}, batch {p['batch']:.1f}, "
               f"overhead {p['overhead_us']:.0f} us {p['overhead_source']}, {p['cores']:.2f} cores), "
               f"measured {bracket} rps: {ratio:.2f}x      goal 0.8-1.2x: {cost.goal(0.8 <= ratio <= 1.2)}")
-        print(f"  {'':9s} after the sweep: {after['max_rps']:9.1f} rps (overhead {after['overhead_us']:.0f} us "
-              f"{after['overhead_source']}): {ratio_after:.2f}x")
+        print(f"  {'':9s} at the light warm-up: {light['max_rps']:9.1f} rps (overhead {light['overhead_us']:.0f} us "
+              f"{light['overhead_source']}): {ratio_light:.2f}x; after the sweep: {after['max_rps']:9.1f} rps "
+              f"(overhead {after['overhead_us']:.0f} us {after['overhead_source']}): {ratio_after:.2f}x")
     harness.write_json(args.out, result)
     if not alive:
         print(f"HARD FAILURE: a server died or is not ready (server logs in {work})")

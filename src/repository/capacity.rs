@@ -26,21 +26,19 @@ const OVERHEAD_SAMPLES: usize = 60;
 const PUBLISH_EVERY: u64 = 5;
 /// How the answer is derived, as it says.
 pub const METHOD: &str = "open-loop Poisson arrivals simulated through the version's queue: its instances, \
-     the batch size it aims for, the cost model's execution time per batch size, plus the measured \
-     per-request overhead (the server's CPU time per answered request over the last minute, less the \
-     models' execution); the highest rate at which 99% of requests finish within the latency target \
-     and the cores suffice (overhead CPU per request plus the model's CPU per execution)";
+     the batch size it aims for, the cost model's execution time per batch size, plus the version's \
+     overhead per request (overhead_source: marginal, the CPU of one more request on an awake runtime \
+     worker, fitted over the last minute's busy periods; else busy_mean, its mean CPU per request on \
+     the workers; else mean, the server's CPU per answered request less the models' execution; else \
+     assumed); the highest rate at which 99% of requests finish within the latency target and the \
+     cores suffice (the overhead per request plus the model's CPU per execution)";
 
-/// The server-wide sample: process CPU against answered requests, and
-/// the runtime workers' busy periods (runtime/workers.rs).
+/// The server-wide sample: process CPU against answered requests.
 #[derive(Debug, Default)]
 pub struct Overhead {
     last: Option<(Duration, u64)>,
     /// (front CPU seconds, requests) per sample, newest last.
     window: VecDeque<(f64, u64)>,
-    /// The busy-period sums at each sample, oldest first: the newest less
-    /// the oldest is the last minute's.
-    busy: VecDeque<BusyPeriods>,
     samples: u64,
 }
 
@@ -49,6 +47,9 @@ pub struct Overhead {
 pub enum OverheadSource {
     /// The CPU of one more request on an awake worker (the busy-period fit).
     Marginal,
+    /// The version's mean CPU per request on the workers, wake-ups
+    /// included (its busy periods, where they cannot be fitted).
+    Busy,
     /// The mean CPU per request outside the models at today's load.
     Mean,
     /// Nothing measured yet: DEFAULT_OVERHEAD.
@@ -59,6 +60,7 @@ impl OverheadSource {
     pub fn as_str(self) -> &'static str {
         match self {
             OverheadSource::Marginal => "marginal",
+            OverheadSource::Busy => "busy_mean",
             OverheadSource::Mean => "mean",
             OverheadSource::Assumed => "assumed",
         }
@@ -67,15 +69,10 @@ impl OverheadSource {
 
 impl Overhead {
     /// Takes one sample: the process's CPU, the models' CPU since the last
-    /// sample, the requests answered so far and the workers' busy-period
-    /// sums. A sample with too few requests waits for the next (the window
-    /// grows until it has enough).
-    pub fn sample(&mut self, process: Duration, models: Duration, answered: u64, busy: BusyPeriods) {
+    /// sample and the requests answered so far. A sample with too few
+    /// requests waits for the next (the window grows until it has enough).
+    pub fn sample(&mut self, process: Duration, models: Duration, answered: u64) {
         self.samples += 1;
-        if self.busy.len() > OVERHEAD_SAMPLES {
-            self.busy.pop_front();
-        }
-        self.busy.push_back(busy);
         let Some((last_process, last_answered)) = self.last else {
             self.last = Some((process, answered));
             return;
@@ -98,32 +95,6 @@ impl Overhead {
         let (cpu, requests) = self.window.iter().fold((0.0, 0u64), |(c, r), &(cpu, n)| (c + cpu, r + n));
         (requests > 0).then(|| Duration::from_secs_f64((cpu / requests as f64).max(0.0)))
     }
-
-    /// The marginal CPU of a request on the workers over the window, once
-    /// it holds MIN_SAMPLE_REQUESTS answered requests.
-    pub fn marginal(&self) -> Option<Duration> {
-        let (oldest, newest) = (self.busy.front()?, self.busy.back()?);
-        let window = newest.since(oldest);
-        if window.finished() < MIN_SAMPLE_REQUESTS as f64 {
-            return None;
-        }
-        window.marginal().map(Duration::from_secs_f64)
-    }
-
-    /// The overhead per request the capacity answer uses: the marginal
-    /// cost where the fit can tell it (what a request costs near the
-    /// limit), else the mean at today's load (an upper bound of it), else
-    /// the default.
-    pub fn per_request(&self) -> (Duration, OverheadSource) {
-        match (self.marginal(), self.mean()) {
-            // The mean holds the wake-ups too: a marginal above it is a
-            // fit gone wrong.
-            (Some(marginal), Some(mean)) if marginal <= mean => (marginal, OverheadSource::Marginal),
-            (_, Some(mean)) => (mean, OverheadSource::Mean),
-            (Some(marginal), None) => (marginal, OverheadSource::Marginal),
-            (None, None) => (DEFAULT_OVERHEAD, OverheadSource::Assumed),
-        }
-    }
 }
 
 /// One version's load, sampled on the timer.
@@ -133,6 +104,9 @@ pub struct LoadSample {
     /// Requests per second over the latest sample.
     pub rate: f64,
     pub rows_per_request: Option<f64>,
+    /// The version's busy-period sums at each sample, oldest first: the
+    /// newest less the oldest is the last minute's.
+    busy: VecDeque<BusyPeriods>,
 }
 
 /// A version's cumulative counters at one instant.
@@ -142,12 +116,17 @@ pub struct Counters {
     pub requests: u64,
     pub rows: u64,
     pub execution: Duration,
+    pub busy: BusyPeriods,
 }
 
 impl LoadSample {
     /// Takes the version's counters; returns its execution time since the
     /// last sample.
     pub fn update(&mut self, now: Counters) -> Duration {
+        if self.busy.len() > OVERHEAD_SAMPLES {
+            self.busy.pop_front();
+        }
+        self.busy.push_back(now.busy);
         let Some(last) = self.last.replace(now) else { return Duration::ZERO };
         let seconds = now.at.saturating_duration_since(last.at).as_secs_f64().max(1e-3);
         let requests = now.requests.saturating_sub(last.requests);
@@ -156,6 +135,24 @@ impl LoadSample {
             self.rows_per_request = Some(now.rows.saturating_sub(last.rows) as f64 / requests as f64);
         }
         now.execution.saturating_sub(last.execution)
+    }
+
+    /// The marginal CPU of one of this version's requests on the workers
+    /// over the last minute (runtime/workers.rs), once it holds
+    /// MIN_SAMPLE_REQUESTS requests and the fit can tell it.
+    pub fn marginal(&self) -> Option<Duration> {
+        self.busy_window()?.marginal().map(Duration::from_secs_f64)
+    }
+
+    /// The mean CPU per request of this version on the workers over the
+    /// last minute, wake-ups included.
+    pub fn busy_mean(&self) -> Option<Duration> {
+        self.busy_window()?.mean().map(Duration::from_secs_f64)
+    }
+
+    fn busy_window(&self) -> Option<BusyPeriods> {
+        let window = self.busy.back()?.since(self.busy.front()?);
+        (window.requests() >= MIN_SAMPLE_REQUESTS as f64).then_some(window)
     }
 }
 
@@ -170,6 +167,9 @@ pub struct VersionCapacity {
     pub answer: Answer,
     pub current_rate: f64,
     pub rows_per_request: f64,
+    /// The server's CPU per request of this version outside the model.
+    pub overhead: Duration,
+    pub overhead_source: OverheadSource,
     /// Cores one execution keeps busy: its intra-op threads, within the cores.
     pub cores_per_execution: f64,
 }
@@ -185,9 +185,7 @@ impl VersionCapacity {
 /// The capacity answer for a model.
 pub struct ModelCapacity {
     pub cores: f64,
-    pub overhead: Duration,
-    pub overhead_source: OverheadSource,
-    /// The mean CPU per request outside the models at today's load.
+    /// The server-wide mean CPU per request outside the models at today's load.
     pub overhead_mean: Option<Duration>,
     pub versions: Vec<VersionCapacity>,
 }
@@ -205,7 +203,7 @@ impl ModelVersion {
             .map(|b| b.compute_input.get().1 + b.compute_infer.get().1 + b.compute_output.get().1)
             .sum();
         let execution = Duration::from_nanos(execution);
-        Counters { at, requests, rows, execution }
+        Counters { at, requests, rows, execution, busy: busy_periods(self.busy_key) }
     }
 
     /// Cores one execution keeps busy: ONNX Runtime's intra-op threads, at
@@ -214,12 +212,34 @@ impl ModelVersion {
         (self.intra_op_threads as f64).min(cores).max(1.0)
     }
 
-    /// What this version sustains within its latency target; None until
-    /// its cost model has learnt something.
-    pub fn capacity(&self, overhead: Duration, cores: f64, arrivals: usize) -> Option<VersionCapacity> {
-        let (cost, instances, batch, target) = self.capacity_inputs()?;
+    /// The overhead per request of this version the capacity answer uses:
+    /// the marginal cost of its requests on the workers where the fit can
+    /// tell it (what a request costs near the limit), else their mean on
+    /// the workers (an upper bound of it), else the server's `mean` at
+    /// today's load (which holds whatever else the process spends), else
+    /// the default.
+    fn overhead(&self, mean: Option<Duration>) -> (Duration, OverheadSource) {
         let load = self.load.lock();
-        let rows_per_request = load.rows_per_request.unwrap_or(1.0).max(1.0);
+        if let Some(marginal) = load.marginal() {
+            return (marginal, OverheadSource::Marginal);
+        }
+        match (load.busy_mean(), mean) {
+            (Some(busy), _) => (busy, OverheadSource::Busy),
+            (None, Some(mean)) => (mean, OverheadSource::Mean),
+            (None, None) => (DEFAULT_OVERHEAD, OverheadSource::Assumed),
+        }
+    }
+
+    /// What this version sustains within its latency target, given the
+    /// server's mean overhead per request; None until its cost model has
+    /// learnt something.
+    pub fn capacity(&self, mean: Option<Duration>, cores: f64, arrivals: usize) -> Option<VersionCapacity> {
+        let (cost, instances, batch, target) = self.capacity_inputs()?;
+        let (overhead, overhead_source) = self.overhead(mean);
+        let (current_rate, rows_per_request) = {
+            let load = self.load.lock();
+            (load.rate, load.rows_per_request.unwrap_or(1.0).max(1.0))
+        };
         let cores_per_execution = self.cores_per_execution(cores);
         let inputs = Inputs {
             cost,
@@ -238,8 +258,10 @@ impl ModelVersion {
             batch_size_aimed: batch,
             latency_target: target,
             answer: inputs.sustainable(arrivals),
-            current_rate: load.rate,
+            current_rate,
             rows_per_request,
+            overhead,
+            overhead_source,
             cores_per_execution,
         })
     }
@@ -255,15 +277,16 @@ impl Repository {
         let models: Duration =
             versions.iter().map(|v| v.load.lock().update(v.counters(now)).mul_f64(v.cores_per_execution(cores))).sum();
         let answered = self.answered.load(Ordering::Relaxed);
-        let mut overhead = self.overhead.lock();
-        overhead.sample(process_cpu(), models, answered, busy_periods());
-        let ((per_request, _), samples) = (overhead.per_request(), overhead.samples);
-        drop(overhead);
+        let (samples, mean) = {
+            let mut overhead = self.overhead.lock();
+            overhead.sample(process_cpu(), models, answered);
+            (overhead.samples, overhead.mean())
+        };
         if samples % PUBLISH_EVERY != 1 {
             return;
         }
         for version in versions.iter().filter(|v| !v.shadow) {
-            if let Some(answer) = version.capacity(per_request, cores, capacity::ARRIVALS / 2) {
+            if let Some(answer) = version.capacity(mean, cores, capacity::ARRIVALS / 2) {
                 telemetry::set_capacity(&version.name, &version.label, answer.answer.requests_per_second);
             }
         }
@@ -278,12 +301,9 @@ impl Repository {
             return Err(Error::unavailable(format!("model '{name}' has no ready version"), Duration::from_secs(1)));
         }
         let cores = cores_available();
-        let ((overhead, overhead_source), overhead_mean) = {
-            let measured = self.overhead.lock();
-            (measured.per_request(), measured.mean())
-        };
-        let versions = versions.iter().filter_map(|v| v.capacity(overhead, cores, capacity::ARRIVALS)).collect();
-        Ok(ModelCapacity { cores, overhead, overhead_source, overhead_mean, versions })
+        let overhead_mean = self.overhead.lock().mean();
+        let versions = versions.iter().filter_map(|v| v.capacity(overhead_mean, cores, capacity::ARRIVALS)).collect();
+        Ok(ModelCapacity { cores, overhead_mean, versions })
     }
 }
 
@@ -292,54 +312,60 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_overhead_is_the_front_cpu_per_request_over_the_window() {
+    fn the_mean_is_the_front_cpu_per_request_over_the_window() {
         let mut overhead = Overhead::default();
-        assert_eq!(overhead.per_request(), (DEFAULT_OVERHEAD, OverheadSource::Assumed));
+        assert_eq!(overhead.mean(), None);
         let ms = Duration::from_millis;
-        let none = BusyPeriods::default();
-        overhead.sample(ms(1000), Duration::ZERO, 0, none);
+        overhead.sample(ms(1000), Duration::ZERO, 0);
         // 1 000 requests in 100 ms of CPU, 40 of them the models': 60 us each.
-        overhead.sample(ms(1100), ms(40), 1000, none);
-        assert_eq!(overhead.per_request(), (Duration::from_micros(60), OverheadSource::Mean));
+        overhead.sample(ms(1100), ms(40), 1000);
+        assert_eq!(overhead.mean(), Some(Duration::from_micros(60)));
         // Too few requests: the sample waits for the next one.
-        overhead.sample(ms(1110), Duration::ZERO, 1100, none);
-        assert_eq!(overhead.per_request().0, Duration::from_micros(60));
+        overhead.sample(ms(1110), Duration::ZERO, 1100);
+        assert_eq!(overhead.mean(), Some(Duration::from_micros(60)));
         // 3 000 more at 20 us: weighted by requests, (60 + 60) ms / 4 000.
-        overhead.sample(ms(1160), Duration::ZERO, 4000, none);
-        assert_eq!(overhead.per_request().0, Duration::from_micros(30));
+        overhead.sample(ms(1160), Duration::ZERO, 4000);
+        assert_eq!(overhead.mean(), Some(Duration::from_micros(30)));
     }
 
-    #[test]
-    fn the_marginal_cost_of_the_busy_periods_wins_once_it_can_be_told() {
-        let mut overhead = Overhead::default();
-        let ms = Duration::from_millis;
-        let mut busy = BusyPeriods::default();
-        overhead.sample(ms(0), Duration::ZERO, 0, busy);
-        // 600 busy periods of 1 to 3 requests: 40 us to wake, 15 us a request.
-        for i in 0..600u32 {
-            let k = f64::from(1 + i % 3);
-            busy.add(40e-6 + 15e-6 * k, k, k);
-        }
-        overhead.sample(ms(60), Duration::ZERO, 1200, busy);
-        let (cost, source) = overhead.per_request();
-        assert_eq!(source, OverheadSource::Marginal);
-        assert!(cost.abs_diff(Duration::from_micros(15)) < Duration::from_nanos(10), "{cost:?}");
-        // The mean at this load is the wake-ups' too: 50 us a request.
-        assert_eq!(overhead.mean(), Some(Duration::from_micros(50)));
+    fn counters(at: Instant, secs: u64, requests: u64, rows: u64, ms: u64, busy: BusyPeriods) -> Counters {
+        Counters { at: at + Duration::from_secs(secs), requests, rows, execution: Duration::from_millis(ms), busy }
     }
 
     #[test]
     fn the_load_sample_gives_the_rate_rows_and_execution_since_the_last() {
         let mut load = LoadSample::default();
-        let at = Instant::now();
-        let counters = |secs: u64, requests, rows, ms| Counters {
-            at: at + Duration::from_secs(secs),
-            requests,
-            rows,
-            execution: Duration::from_millis(ms),
-        };
-        assert_eq!(load.update(counters(0, 10, 10, 5)), Duration::ZERO);
-        assert_eq!(load.update(counters(2, 210, 610, 105)), Duration::from_millis(100));
+        let (at, none) = (Instant::now(), BusyPeriods::default());
+        assert_eq!(load.update(counters(at, 0, 10, 10, 5, none)), Duration::ZERO);
+        assert_eq!(load.update(counters(at, 2, 210, 610, 105, none)), Duration::from_millis(100));
         assert_eq!((load.rate, load.rows_per_request), (100.0, Some(3.0)));
+        // A sample without requests keeps the rows it knew.
+        load.update(counters(at, 3, 210, 610, 105, none));
+        assert_eq!((load.rate, load.rows_per_request), (0.0, Some(3.0)));
+    }
+
+    #[test]
+    fn the_marginal_cost_is_the_last_minute_of_busy_periods() {
+        let mut load = LoadSample::default();
+        let at = Instant::now();
+        let mut busy = BusyPeriods::default();
+        load.update(counters(at, 0, 0, 0, 0, busy));
+        assert_eq!(load.marginal(), None);
+        // 600 busy periods of 1 to 3 requests: 40 us to wake, 15 us a request.
+        for i in 0..600u32 {
+            let k = f64::from(1 + i % 3);
+            busy.add(40e-6 + 15e-6 * k, k);
+        }
+        load.update(counters(at, 1, 1200, 1200, 0, busy));
+        let cost = load.marginal().unwrap();
+        assert!(cost.abs_diff(Duration::from_micros(15)) < Duration::from_nanos(10), "{cost:?}");
+        // The mean on the workers holds the wake-ups: 40 us per 2 requests more.
+        let mean = load.busy_mean().unwrap();
+        assert!(mean.abs_diff(Duration::from_micros(35)) < Duration::from_nanos(10), "{mean:?}");
+        // A minute later with no new periods, the window is empty.
+        for secs in 2..=(OVERHEAD_SAMPLES as u64 + 2) {
+            load.update(counters(at, secs, 1200, 1200, 0, busy));
+        }
+        assert_eq!((load.marginal(), load.busy_mean()), (None, None));
     }
 }

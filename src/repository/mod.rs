@@ -616,7 +616,6 @@ impl Repository {
     /// and the model's SLOs.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse> {
         let started = Instant::now();
-        crate::runtime::request_begun();
         if self.draining.load(Ordering::Relaxed) {
             return Err(Error::unavailable("the server is shutting down", SHUTDOWN_RETRY));
         }
@@ -629,6 +628,7 @@ impl Repository {
             Ok(routed) => routed,
             Err(e) => return Err(self.refused(&request.model_name, e, started)),
         };
+        crate::runtime::request_half(version.busy_key);
         let copy = shadow.and_then(|(shadow, shadow_version)| shadow.copy(&shadow_version, &version, &request));
         // A canary whose breaker is open hands its share back to the stable version.
         let (version, result) = match fallback {
@@ -651,7 +651,7 @@ impl Repository {
         let code = result.as_ref().map_or_else(Error::code, |_| "ok");
         record_outcome(&version, slo.as_deref(), code, elapsed);
         self.answered.fetch_add(1, Ordering::Relaxed);
-        crate::runtime::request_finished();
+        crate::runtime::request_half(version.busy_key);
         if let Some(canary) = canary {
             // The model's own failures count; the client's mistakes do not.
             let failed = matches!(result, Err(Error::Internal(_) | Error::Unavailable(..)));
@@ -683,8 +683,8 @@ impl Repository {
         let error = version.refusal_now(shape, deadline)?;
         record_outcome(&version, slo.as_deref(), error.code(), started.elapsed());
         self.answered.fetch_add(1, Ordering::Relaxed);
-        crate::runtime::request_begun();
-        crate::runtime::request_finished();
+        crate::runtime::request_half(version.busy_key);
+        crate::runtime::request_half(version.busy_key);
         Some(error)
     }
 
@@ -702,7 +702,6 @@ impl Repository {
     pub fn count_refused(&self, model: &str, code: &'static str, started: Instant, shed: bool) {
         let elapsed = started.elapsed();
         self.answered.fetch_add(1, Ordering::Relaxed);
-        crate::runtime::request_finished();
         let slo = self.models.read().get(model).and_then(|s| s.slo.clone());
         let label = if slo.is_some() { model } else { "" };
         if shed {

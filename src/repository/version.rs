@@ -54,6 +54,14 @@ pub struct ModelVersion {
     pub intra_op_threads: usize,
     /// Its load as the server's timer samples it (capacity.rs).
     pub load: parking_lot::Mutex<super::capacity::LoadSample>,
+    /// Its key in the workers' busy periods (runtime/workers.rs).
+    pub busy_key: u32,
+}
+
+impl Drop for ModelVersion {
+    fn drop(&mut self) {
+        crate::runtime::forget_busy_periods(self.busy_key);
+    }
 }
 
 /// The breaker settings: defaults, overridden by `breaker_*` parameters.
@@ -241,6 +249,7 @@ impl ModelVersion {
             shadow,
             intra_op_threads: intra,
             load: Default::default(),
+            busy_key: crate::runtime::busy_periods_key(),
         })
     }
 

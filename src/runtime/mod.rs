@@ -30,7 +30,10 @@ pub fn return_freed_memory() {
 }
 pub use session::{RunInput, Session};
 pub use threads::{ModelThreads, cores_available, process_cpu};
-pub use workers::{Sums as BusyPeriods, busy_periods, request_begun, request_finished, worker_parked, worker_unparked};
+pub use workers::{
+    Sums as BusyPeriods, busy_periods, forget as forget_busy_periods, new_key as busy_periods_key, request_half,
+    worker_parked, worker_unparked,
+};
 
 use anyhow::Context;
 use ort::session::builder::PrepackedWeights;

@@ -1,92 +1,141 @@
-//! What one more request costs the runtime's worker threads, measured on
-//! the fly. A request's CPU in the server is not a constant: on an idle
-//! server each one pays for waking a worker, for cold caches and for
-//! syscalls of its own, and under load those costs shrink or vanish (one
-//! wake-up serves many requests, one read takes many frames). The mean CPU
-//! per request at today's load therefore overstates what the server needs
-//! per request near its limit, by half or more for a model of
-//! microseconds. The marginal cost does not: every busy period of a worker
-//! (from unpark to park, on the thread's own CPU clock) is one observation
-//! of
+//! What one more request costs the runtime's worker threads, per model
+//! version, measured on the fly. A request's CPU in the server is not a
+//! constant: on an idle server each one pays for waking a worker, for cold
+//! caches and for syscalls of its own, and under load those costs shrink
+//! or vanish (one wake-up serves many requests, one read takes many
+//! frames). The mean CPU per request at today's load therefore overstates
+//! what the server needs per request near its limit, by half or more for a
+//! model of microseconds. The marginal cost does not: every busy period of
+//! a worker (from unpark to park, on the thread's own CPU clock) is one
+//! observation of
 //!
-//!   cpu = wake + a × requests begun + b × requests finished
+//!   cpu = wake + c × requests
 //!
-//! and a least-squares fit over many periods gives a + b, the CPU of one
-//! more request on a worker that is already awake: what each request costs
-//! when the server runs flat out. The hooks are tokio's
-//! `on_thread_unpark` / `on_thread_park`; requests are counted where the
-//! repository routes them and answers them.
+//! (requests: half a request where one began, half where one was answered,
+//! as the two halves often fall in different periods), and a least-squares
+//! fit over many periods gives `c`, the CPU of one more request on a worker
+//! that is already awake: what each request costs when the server runs
+//! flat out. Each version has its own fit (a 12 KiB image costs more to
+//! decode than a vector of four floats, three tensors more than one); a
+//! period that served several versions is split between them by their
+//! requests. The hooks are tokio's `on_thread_unpark` / `on_thread_park`;
+//! requests are counted where the repository routes and answers them.
 
 use parking_lot::Mutex;
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU32, Ordering};
 
-thread_local! {
-    /// This worker's CPU clock when it last woke, and the requests it
-    /// began and finished since.
-    static PERIOD: Cell<Option<(u64, u32, u32)>> = const { Cell::new(None) };
+/// Versions one busy period keeps apart; a period with more is dropped.
+const VERSIONS_PER_PERIOD: usize = 4;
+
+/// This worker's CPU clock when it last woke, and the half-requests of
+/// each version (by key) since.
+#[derive(Clone, Copy)]
+struct Period {
+    started: u64,
+    halves: [(u32, u32); VERSIONS_PER_PERIOD],
+    len: usize,
+    overflowed: bool,
 }
 
-static SUMS: Mutex<Sums> = Mutex::new(Sums::ZERO);
+thread_local! {
+    static PERIOD: Cell<Option<Period>> = const { Cell::new(None) };
+}
+
+/// Each version's sums, by key.
+static SUMS: Mutex<Vec<(u32, Sums)>> = Mutex::new(Vec::new());
+static NEXT_KEY: AtomicU32 = AtomicU32::new(1);
+
+/// A version's key for its own fit; `forget` it when the version goes.
+pub fn new_key() -> u32 {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Drops a retired version's sums.
+pub fn forget(key: u32) {
+    SUMS.lock().retain(|(k, _)| *k != key);
+}
 
 /// For tokio's `on_thread_start` and `on_thread_unpark`.
 pub fn worker_unparked() {
-    PERIOD.with(|period| period.set(thread_cpu_nanos().map(|at| (at, 0, 0))));
+    PERIOD.with(|period| {
+        period.set(thread_cpu_nanos().map(|started| Period {
+            started,
+            halves: [(0, 0); VERSIONS_PER_PERIOD],
+            len: 0,
+            overflowed: false,
+        }))
+    });
 }
 
 /// For tokio's `on_thread_park`.
 pub fn worker_parked() {
-    let Some((start, begun, finished)) = PERIOD.with(|period| period.take()) else { return };
-    if let Some(now) = thread_cpu_nanos() {
-        let cpu = now.saturating_sub(start) as f64 / 1e9;
-        SUMS.lock().add(cpu, f64::from(begun), f64::from(finished));
+    let Some(period) = PERIOD.with(|period| period.take()) else { return };
+    if period.overflowed || period.len == 0 {
+        return;
+    }
+    let Some(now) = thread_cpu_nanos() else { return };
+    let cpu = now.saturating_sub(period.started) as f64 / 1e9;
+    let halves = &period.halves[..period.len];
+    let total: u32 = halves.iter().map(|&(_, h)| h).sum();
+    let mut sums = SUMS.lock();
+    for &(key, h) in halves {
+        let share = cpu * f64::from(h) / f64::from(total);
+        let requests = f64::from(h) / 2.0;
+        match sums.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, s)) => s.add(share, requests),
+            None => {
+                let mut s = Sums::default();
+                s.add(share, requests);
+                sums.push((key, s));
+            }
+        }
     }
 }
 
-/// A request began on this thread (counted only on a runtime worker).
-pub fn request_begun() {
-    PERIOD.with(|period| period.set(period.get().map(|(at, b, f)| (at, b.saturating_add(1), f))));
+/// A request of the version `key` began (begun) or was answered on this
+/// thread; counted only on a runtime worker.
+pub fn request_half(key: u32) {
+    PERIOD.with(|cell| {
+        let Some(mut period) = cell.get() else { return };
+        match period.halves[..period.len].iter_mut().find(|(k, _)| *k == key) {
+            Some((_, h)) => *h = h.saturating_add(1),
+            None if period.len < VERSIONS_PER_PERIOD => {
+                period.halves[period.len] = (key, 1);
+                period.len += 1;
+            }
+            None => period.overflowed = true,
+        }
+        cell.set(Some(period));
+    });
 }
 
-/// A request was answered on this thread.
-pub fn request_finished() {
-    PERIOD.with(|period| period.set(period.get().map(|(at, b, f)| (at, b, f.saturating_add(1)))));
+/// The sums of the version `key` over every busy period so far (subtract
+/// two to get a window).
+pub fn busy_periods(key: u32) -> Sums {
+    SUMS.lock().iter().find(|(k, _)| *k == key).map(|(_, s)| *s).unwrap_or_default()
 }
 
-/// The sums over every busy period so far (subtract two to get a window).
-pub fn busy_periods() -> Sums {
-    *SUMS.lock()
-}
-
-/// Running sums of the busy periods: y = CPU seconds, u = requests begun,
-/// v = requests finished.
+/// Running sums of busy periods: y = CPU seconds, u = requests.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sums {
     pub n: f64,
     y: f64,
     yy: f64,
     u: f64,
-    v: f64,
     uu: f64,
-    vv: f64,
-    uv: f64,
     yu: f64,
-    yv: f64,
 }
 
 impl Sums {
-    const ZERO: Sums = Sums { n: 0.0, y: 0.0, yy: 0.0, u: 0.0, v: 0.0, uu: 0.0, vv: 0.0, uv: 0.0, yu: 0.0, yv: 0.0 };
-
-    pub fn add(&mut self, y: f64, u: f64, v: f64) {
+    /// One busy period of `cpu` seconds and `requests`.
+    pub fn add(&mut self, cpu: f64, requests: f64) {
         self.n += 1.0;
-        self.y += y;
-        self.yy += y * y;
-        self.u += u;
-        self.v += v;
-        self.uu += u * u;
-        self.vv += v * v;
-        self.uv += u * v;
-        self.yu += y * u;
-        self.yv += y * v;
+        self.y += cpu;
+        self.yy += cpu * cpu;
+        self.u += requests;
+        self.uu += requests * requests;
+        self.yu += cpu * requests;
     }
 
     /// The periods in `self` that came after `earlier`.
@@ -96,58 +145,44 @@ impl Sums {
             y: self.y - earlier.y,
             yy: self.yy - earlier.yy,
             u: self.u - earlier.u,
-            v: self.v - earlier.v,
             uu: self.uu - earlier.uu,
-            vv: self.vv - earlier.vv,
-            uv: self.uv - earlier.uv,
             yu: self.yu - earlier.yu,
-            yv: self.yv - earlier.yv,
         }
     }
 
-    /// The requests finished in these periods.
-    pub fn finished(&self) -> f64 {
-        self.v
+    /// The requests in these periods.
+    pub fn requests(&self) -> f64 {
+        self.u
     }
 
-    /// The marginal CPU seconds of one request (a + b of the fit); None
+    /// Their mean CPU seconds per request, wake-ups included.
+    pub fn mean(&self) -> Option<f64> {
+        (self.u > 0.0).then(|| self.y / self.u)
+    }
+
+    /// The marginal CPU seconds of one request (the fit's slope); None
     /// when the periods cannot tell it: too few, no spread in how many
-    /// requests a period holds, or a fit too loose (its standard error
-    /// over RELATIVE_ERROR of the estimate: at low load most periods hold
-    /// one request, and a few long ones, a metrics scrape, say, decide
-    /// the slope). Where what a period begins and what it finishes move
-    /// together (they do under steady load), a and b cannot be told apart
-    /// but their sum can: the fit then has the one regressor
-    /// (begun + finished) / 2.
+    /// requests a period holds, a slope above the mean (a negative cost of
+    /// waking), or a fit too loose (its standard error over
+    /// RELATIVE_ERROR of the estimate: at low load most periods hold one
+    /// request, and a few long ones decide the slope).
     pub fn marginal(&self) -> Option<f64> {
         if self.n < 100.0 {
             return None;
         }
         let n = self.n;
-        let (mu, mv, my) = (self.u / n, self.v / n, self.y / n);
+        let (mu, my) = (self.u / n, self.y / n);
         let suu = self.uu / n - mu * mu;
-        let svv = self.vv / n - mv * mv;
-        let suv = self.uv / n - mu * mv;
         let syu = self.yu / n - my * mu;
-        let syv = self.yv / n - my * mv;
         let syy = self.yy / n - my * my;
-        let det = suu * svv - suv * suv;
-        let (cost, variance) = if det > 1e-3 * suu * svv && det > 1e-12 {
-            let a = (syu * svv - syv * suv) / det;
-            let b = (syv * suu - syu * suv) / det;
-            let residual = (syy - a * syu - b * syv).max(0.0);
-            (a + b, residual * (suu + svv - 2.0 * suv) / det / n)
-        } else {
-            // One regressor w = (u + v) / 2: its slope is a + b.
-            let sww = (suu + svv + 2.0 * suv) / 4.0;
-            if sww < 1e-9 {
-                return None;
-            }
-            let slope = (syu + syv) / 2.0 / sww;
-            let residual = (syy - slope * (syu + syv) / 2.0).max(0.0);
-            (slope, residual / sww / n)
-        };
-        (cost.is_finite() && cost > 0.0 && variance.sqrt() <= RELATIVE_ERROR * cost).then_some(cost)
+        if suu < 1e-9 {
+            return None;
+        }
+        let slope = syu / suu;
+        let residual = (syy - slope * syu).max(0.0);
+        let error = (residual / suu / n).sqrt();
+        let sane = slope.is_finite() && slope > 0.0 && self.mean().is_some_and(|mean| slope <= mean);
+        (sane && error <= RELATIVE_ERROR * slope).then_some(slope)
     }
 }
 
@@ -182,42 +217,30 @@ mod tests {
 
     #[test]
     fn the_fit_separates_the_wake_up_from_the_request() {
-        // Every period pays 30 us to wake; a request costs 8 us to begin
-        // and 12 us to finish, whichever periods it falls in.
+        // Every period pays 30 us to wake; a request costs 20 us.
         let mut sums = Sums::default();
         for i in 0..1000u32 {
-            let (begun, finished) = (f64::from(i % 3), f64::from((i / 3) % 4));
-            sums.add(30e-6 + 8e-6 * begun + 12e-6 * finished, begun, finished);
+            let k = f64::from(1 + i % 4);
+            sums.add(30e-6 + 20e-6 * k, k);
         }
         let cost = sums.marginal().unwrap();
         assert!((cost - 20e-6).abs() < 1e-9, "{cost}");
-        // The mean CPU per finished request holds the wake-ups: far above it.
-        assert!(sums.y / sums.finished() > 1.5 * cost);
-    }
-
-    #[test]
-    fn requests_begun_and_finished_together_still_give_their_sum() {
-        let mut sums = Sums::default();
-        for i in 0..500u32 {
-            let k = f64::from(1 + i % 5);
-            sums.add(40e-6 + 20e-6 * k, k, k);
-        }
-        let cost = sums.marginal().unwrap();
-        assert!((cost - 20e-6).abs() < 1e-9, "{cost}");
+        // The mean per request holds the wake-ups: 32 us.
+        assert!((sums.mean().unwrap() - 32e-6).abs() < 1e-9);
     }
 
     #[test]
     fn a_window_is_the_difference_of_two_sums_and_needs_spread() {
         let mut sums = Sums::default();
         for _ in 0..200 {
-            sums.add(50e-6, 1.0, 1.0);
+            sums.add(50e-6, 1.0);
         }
         // Every period alike: nothing tells the wake-up from the request.
         assert_eq!(sums.marginal(), None);
         let before = sums;
         for i in 0..200u32 {
-            let k = f64::from(i % 4);
-            sums.add(10e-6 + 25e-6 * k, k, k);
+            let k = f64::from(1 + i % 4);
+            sums.add(10e-6 + 25e-6 * k, k);
         }
         let window = sums.since(&before);
         assert_eq!(window.n, 200.0);
@@ -233,8 +256,37 @@ mod tests {
         for i in 0..1000u32 {
             let k = if i % 50 == 0 { 2.0 } else { 1.0 };
             let noise = if i % 7 == 0 { 400e-6 } else { 0.0 };
-            sums.add(60e-6 + noise + if k > 1.0 { 200e-6 } else { 0.0 }, k, k);
+            sums.add(60e-6 + noise + if k > 1.0 { 200e-6 } else { 0.0 }, k);
         }
         assert_eq!(sums.marginal(), None);
+        // Nor is a slope above the mean (waking would cost less than nothing).
+        let mut odd = Sums::default();
+        for i in 0..1000u32 {
+            let k = f64::from(1 + i % 3);
+            odd.add(100e-6 * k - 90e-6, k);
+        }
+        assert_eq!(odd.marginal(), None);
+    }
+
+    #[test]
+    fn a_period_is_split_between_the_versions_it_served() {
+        let (a, b) = (new_key(), new_key());
+        worker_unparked();
+        request_half(a);
+        request_half(a);
+        request_half(b);
+        request_half(b);
+        request_half(b);
+        request_half(b);
+        worker_parked();
+        // Not a period: no unpark before this park.
+        worker_parked();
+        let (sa, sb) = (busy_periods(a), busy_periods(b));
+        assert_eq!((sa.n, sa.requests(), sb.n, sb.requests()), (1.0, 1.0, 1.0, 2.0));
+        // Two thirds of the period's CPU went to b.
+        assert!((sb.y - 2.0 * sa.y).abs() <= 1e-9, "{sa:?} {sb:?}");
+        forget(a);
+        forget(b);
+        assert_eq!(busy_periods(a), Sums::default());
     }
 }

@@ -4,7 +4,7 @@
 use super::json as tensor_json;
 use super::{AppState, json_reply, optional_json};
 use crate::error::{Error, Result};
-use crate::repository::capacity::{METHOD, ModelCapacity, OverheadSource};
+use crate::repository::capacity::{METHOD, ModelCapacity};
 use crate::repository::shadow::{Comparison, Diff, Latency};
 use crate::repository::{CanaryAction, PromoteTo, ShadowAction};
 use crate::security::audit;
@@ -300,6 +300,8 @@ fn capacity_json(model: &str, answer: &ModelCapacity, target: Option<f64>) -> Va
                 "utilisation": if max > 0.0 { v.current_rate / max } else { 0.0 },
                 "headroom_rps": (max - v.current_rate).max(0.0),
                 "rows_per_request": v.rows_per_request,
+                "overhead_us_per_request": v.overhead.as_secs_f64() * 1e6,
+                "overhead_source": v.overhead_source.as_str(),
                 "cores_per_execution": v.cores_per_execution,
                 "replicas_for_target": target.and_then(|t| v.replicas_for(t)),
             })
@@ -309,9 +311,6 @@ fn capacity_json(model: &str, answer: &ModelCapacity, target: Option<f64>) -> Va
         "model": model,
         "method": METHOD,
         "cores": answer.cores,
-        "overhead_us_per_request": answer.overhead.as_secs_f64() * 1e6,
-        "overhead_measured": answer.overhead_source != OverheadSource::Assumed,
-        "overhead_source": answer.overhead_source.as_str(),
         "overhead_mean_us_per_request": answer.overhead_mean.map(|d| d.as_secs_f64() * 1e6),
         "target_rps": target,
         "versions": versions,
