@@ -31,8 +31,8 @@ pub fn return_freed_memory() {
 pub use session::{RunInput, Session};
 pub use threads::{ModelThreads, cores_available, process_cpu};
 pub use workers::{
-    Sums as BusyPeriods, busy_periods, forget as forget_busy_periods, new_key as busy_periods_key, request_half,
-    worker_parked, worker_unparked,
+    Sums as BusyPeriods, busy_periods, forget as forget_busy_periods, new_key as busy_periods_key, outside_period,
+    request_half, worker_parked, worker_unparked,
 };
 
 use anyhow::Context;

@@ -268,50 +268,48 @@ mod tests {
         assert!(process_cpu() - before >= std::time::Duration::from_millis(50));
     }
 
+    /// A member of `threads` that stays until told to go: its thread id,
+    /// the word to go, and its handle.
+    fn member(threads: &ModelThreads) -> (i32, std::sync::mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let threads = threads.clone();
+        let handle = std::thread::spawn(move || {
+            let _member = threads.enter();
+            tid_tx.send(current_tid()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        (tid_rx.recv().unwrap(), go_tx, handle)
+    }
+
+    /// What `probe` reads of a member that joins now and leaves at once.
+    fn late_member<T: Send + 'static>(threads: &ModelThreads, probe: fn(i32) -> T) -> T {
+        let threads = threads.clone();
+        std::thread::spawn(move || {
+            let _member = threads.enter();
+            probe(current_tid())
+        })
+        .join()
+        .unwrap()
+    }
+
     #[test]
     fn a_shadow_version_runs_every_thread_at_sched_idle() {
         let threads = ModelThreads::new("test-shadow".into());
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let early = {
-            let threads = threads.clone();
-            std::thread::spawn(move || {
-                let _member = threads.enter();
-                tid_tx.send(current_tid()).unwrap();
-                go_rx.recv().unwrap();
-            })
-        };
-        let early_tid = tid_rx.recv().unwrap();
+        let (early_tid, go, early) = member(&threads);
         assert_eq!(policy_of(early_tid), 0, "SCHED_OTHER before");
         threads.idle();
         assert!(threads.is_idle());
         assert_eq!(policy_of(early_tid), 5, "a member moves at once");
-        let late = {
-            let threads = threads.clone();
-            std::thread::spawn(move || {
-                let _member = threads.enter();
-                policy_of(current_tid())
-            })
-        };
-        assert_eq!(late.join().unwrap(), 5, "a thread that joins later starts idle");
-        go_tx.send(()).unwrap();
+        assert_eq!(late_member(&threads, policy_of), 5, "a thread that joins later starts idle");
+        go.send(()).unwrap();
         early.join().unwrap();
     }
 
     #[test]
     fn members_are_lowered_when_the_version_goes_to_the_background_and_leave_when_done() {
         let threads = ModelThreads::new("test-pool".into());
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
-        let early = {
-            let threads = threads.clone();
-            std::thread::spawn(move || {
-                let _member = threads.enter();
-                tid_tx.send(current_tid()).unwrap();
-                go_rx.recv().unwrap();
-            })
-        };
-        let early_tid = tid_rx.recv().unwrap();
+        let (early_tid, go_tx, early) = member(&threads);
         let before = nice_of(early_tid);
         assert_eq!(threads.count(), 1);
         threads.background();
@@ -319,14 +317,7 @@ mod tests {
         assert_eq!(nice_of(early_tid), (before + BACKGROUND_NICE).min(19), "a member is lowered at once");
         // A thread that joins later starts lowered; a second call changes nothing.
         threads.background();
-        let late = {
-            let threads = threads.clone();
-            std::thread::spawn(move || {
-                let _member = threads.enter();
-                nice_of(current_tid())
-            })
-        };
-        assert_eq!(late.join().unwrap(), (before + BACKGROUND_NICE).min(19));
+        assert_eq!(late_member(&threads, nice_of), (before + BACKGROUND_NICE).min(19));
         go_tx.send(()).unwrap();
         early.join().unwrap();
         assert_eq!(threads.count(), 0, "members leave when they end");

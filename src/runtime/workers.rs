@@ -110,6 +110,27 @@ pub fn request_half(key: u32) {
     });
 }
 
+/// Runs `work` (a model's batch run on a worker itself) without counting
+/// its CPU in this worker's busy period: under load the same batch runs on
+/// an instance thread, and the capacity answer counts a model's execution
+/// from its cost model.
+pub fn outside_period<R>(work: impl FnOnce() -> R) -> R {
+    if PERIOD.with(|period| period.get()).is_none() {
+        return work();
+    }
+    let before = thread_cpu_nanos();
+    let result = work();
+    if let (Some(before), Some(after)) = (before, thread_cpu_nanos()) {
+        PERIOD.with(|cell| {
+            if let Some(mut period) = cell.get() {
+                period.started = period.started.saturating_add(after.saturating_sub(before));
+                cell.set(Some(period));
+            }
+        });
+    }
+    result
+}
+
 /// The sums of the version `key` over every busy period so far (subtract
 /// two to get a window).
 pub fn busy_periods(key: u32) -> Sums {
@@ -288,5 +309,29 @@ mod tests {
         forget(a);
         forget(b);
         assert_eq!(busy_periods(a), Sums::default());
+    }
+
+    #[test]
+    fn work_outside_the_period_is_not_counted() {
+        let spin = |ms: u64| {
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+            while std::time::Instant::now() < until {
+                std::hint::black_box(0);
+            }
+        };
+        let key = new_key();
+        worker_unparked();
+        request_half(key);
+        outside_period(|| spin(30));
+        request_half(key);
+        worker_parked();
+        // The period's own CPU is microseconds; the 30 ms spun are not in it
+        // (a preempted spin only makes its CPU smaller still).
+        let sums = busy_periods(key);
+        assert_eq!(sums.requests(), 1.0);
+        assert!(sums.y < 0.01, "{sums:?}");
+        // Off a worker (no period) it just runs.
+        assert_eq!(outside_period(|| 7), 7);
+        forget(key);
     }
 }

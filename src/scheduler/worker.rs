@@ -90,7 +90,8 @@ pub(super) fn answer_expired(jobs: impl IntoIterator<Item = Job>) {
 pub(super) fn run_here(shared: &Shared, index: usize, jobs: Vec<Job>) {
     let mut session = shared.sessions[index].lock();
     let session = session.as_mut().expect("a session lives while its instance is running; this is a bug");
-    if execute(shared, index, session, jobs) {
+    // The batch is the model's work, not the worker's (runtime/workers.rs).
+    if crate::runtime::outside_period(|| execute(shared, index, session, jobs)) {
         shared.wake.notify_one();
     }
 }

@@ -70,13 +70,7 @@ pub(super) async fn steer_canary(
         canary_json(&state, &model)
     }
     .await;
-    if let Err(e) = &result
-        && action_name == "canary"
-    {
-        // Refused before it named an action (a bad body).
-        audit::record(action_name, &model, &extensions, Err(e));
-    }
-    json_reply(result)
+    audited_reply(result, action_name, "canary", &model, &extensions)
 }
 
 /// `GET /v2/models/{m}/shadow` (and `/v2/repository/models/{m}/shadow`):
@@ -206,10 +200,23 @@ pub(super) async fn steer_shadow(
         shadow_json(&state, &model)
     }
     .await;
+    audited_reply(result, action_name, "shadow", &model, &extensions)
+}
+
+/// The answer to an operator's action, which was audited once it named
+/// one; a request refused before it did (a bad body) is audited here,
+/// under the route's own name.
+fn audited_reply(
+    result: Result<Value>,
+    action: &str,
+    route: &str,
+    model: &str,
+    extensions: &axum::http::Extensions,
+) -> Response {
     if let Err(e) = &result
-        && action_name == "shadow"
+        && action == route
     {
-        audit::record(action_name, &model, &extensions, Err(e));
+        audit::record(route, model, extensions, Err(e));
     }
     json_reply(result)
 }
