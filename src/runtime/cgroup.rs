@@ -84,12 +84,11 @@ fn groups(cgroups: &str, mountinfo: &str) -> Vec<Group> {
 /// cgroup v2 `cpu.max`: "50000 100000" is half a core, "max 100000" none.
 fn parse_max(text: &str) -> Option<f64> {
     let mut fields = text.split_whitespace();
-    let quota: f64 = fields.next()?.parse().ok()?;
-    let period: f64 = fields.next().map_or(Some(100_000.0), |p| p.parse().ok())?;
-    (quota > 0.0 && period > 0.0).then(|| quota / period)
+    parse_v1(fields.next()?, fields.next().unwrap_or("100000"))
 }
 
-/// cgroup v1: a quota of -1 is none.
+/// cgroup v1 (and each half of v2's `cpu.max`): a quota of -1 (or "max")
+/// is none.
 fn parse_v1(quota: &str, period: &str) -> Option<f64> {
     let quota: f64 = quota.trim().parse().ok()?;
     let period: f64 = period.trim().parse().ok()?;
