@@ -9,6 +9,7 @@ and a server that is still running when its `with` block ends is killed.
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -158,8 +159,6 @@ def parse_series(text, name):
 def copy_model(source_dir, repository, name, config_edit=None):
     """Copies a model directory into `repository` as `name`; `config_edit`
     rewrites its config.pbtxt text (the name line is fixed up here)."""
-    import shutil
-
     source_name = os.path.basename(os.path.normpath(source_dir))
     target = os.path.join(repository, name)
     shutil.copytree(source_dir, target)
@@ -192,6 +191,17 @@ def ghz_config(base, target, out, model=None, data=None):
     with open(path, "w") as f:
         json.dump(config, f)
     return path
+
+
+def pinning(enabled=True):
+    """(server prefix, load generator prefix): the server on the last core and
+    the load generator on the others (taskset), so the two do not take each
+    other's CPU; two empty prefixes when `enabled` is false, on one core, or
+    without taskset."""
+    cores = os.cpu_count() or 1
+    if not enabled or cores < 2 or not shutil.which("taskset"):
+        return [], []
+    return ["taskset", "-c", str(cores - 1)], ["taskset", "-c", f"0-{cores - 2}"]
 
 
 def ferroload(config, *args, details=False, background=False, prefix=()):

@@ -172,9 +172,8 @@ def main():
     names = args.models.split(",")
     work, repo = harness.scenario_workspace("capacity")
     cores = os.cpu_count() or 1
-    pin = not args.no_pin and cores >= 2 and shutil.which("taskset")
-    server_prefix = ["taskset", "-c", str(cores - 1)] if pin else []
-    load_prefix = ["taskset", "-c", f"0-{cores - 2}"] if pin else []
+    server_prefix, load_prefix = harness.pinning(not args.no_pin)
+    pin = bool(server_prefix)
     shipped = [n for n in names if n != "resnet50"]
     group = cpu_cgroup(args.server_cores, work) if args.server_cores > 0 and shipped else None
     if args.server_cores > 0 and shipped and group is None:

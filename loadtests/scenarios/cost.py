@@ -22,6 +22,12 @@ adaptive limit), and the shipped `mlp`. In one run:
   e. closed loop with perf_analyzer (when .deps/perf_analyzer exists, else
      ferroload) at concurrency 64 on mlp and 4 on resnet50: errors.
 
+With --pin the server runs on the last core and ferroload on the others
+(taskset), so the load generator's own work (encoding 600 KB images a few
+hundred times a second) does not take the model's CPU; ResNet-50 then has
+one core, not two. perf_analyzer is left free: 64 client threads on one core
+never finish a stable measurement window.
+
 Then it reads the shed counters by reason, ferroserve_model_execution_seconds
 and ferroserve_slo_attainable from /metrics (when the server has them).
 Prints each figure beside its goal (issue 10) and writes --out. Exits
@@ -85,7 +91,7 @@ def build_repository(repo, spin_model_dir):
     harness.copy_model(os.path.join(harness.ROOT, "models/mlp"), repo, "mlp")
 
 
-def settle(server, probe=None, bound_ms=None, timeout=10):
+def settle(server, probe=None, bound_ms=None, timeout=10, prefix=()):
     """Waits until what a phase left behind has drained: the server holds no
     request and none is queued, and then (with `probe`, a ghz config) until
     one probe request is answered OK within `bound_ms` (a batch that clients
@@ -96,7 +102,7 @@ def settle(server, probe=None, bound_ms=None, timeout=10):
         idle = server.metric("ferroserve_server_inflight_requests") == 0 and \
             server.metric("ferroserve_queue_depth") == 0
         if idle and probe:
-            report = harness.ferroload(probe, "-c", "1", "-n", "1", "-t", "10s")
+            report = harness.ferroload(probe, "-c", "1", "-n", "1", "-t", "10s", prefix=prefix)
             idle = report["statusCodeDistribution"].get("OK") == 1 and report["slowest"] / 1e6 <= bound_ms
         if idle:
             settled = True
@@ -109,18 +115,18 @@ def settle(server, probe=None, bound_ms=None, timeout=10):
         print(f"(the server took {waited:.1f} s to drain the previous phase)")
 
 
-def closed(config, clients, seconds):
-    report = harness.ferroload(config, "-c", str(clients), "-z", f"{seconds}s")
+def closed(config, clients, seconds, prefix=()):
+    report = harness.ferroload(config, "-c", str(clients), "-z", f"{seconds}s", prefix=prefix)
     codes = report.get("statusCodeDistribution") or {}
     return {"clients": clients, "goodput": codes.get("OK", 0) / (report["total"] / 1e9),
             "p50_ms": harness.percentile(report, 50) / 1e3, "p99_ms": harness.percentile(report, 99) / 1e3,
             "codes": codes}
 
 
-def open_loop(config, rps, seconds, timeout, slo=None, extra=(), seed=1):
+def open_loop(config, rps, seconds, timeout, slo=None, extra=(), seed=1, prefix=()):
     """Open loop with Poisson arrivals; returns (summary, report with details)."""
     report = harness.ferroload(config, "-r", f"{rps:.3f}", "-c", "4096", "-z", f"{seconds}s", "-t", timeout,
-                               "--arrivals", "poisson", "--seed", str(seed), *extra, details=True)
+                               "--arrivals", "poisson", "--seed", str(seed), *extra, details=True, prefix=prefix)
     return summarize(report, rps, slo), report
 
 
@@ -206,8 +212,8 @@ def perf_analyzer(server, model, concurrency, interval_ms, work):
             "p99_ms": float(row["p99 latency"]) / 1e3 if row else float("nan")}
 
 
-def ferroload_closed(config, model, concurrency, seconds):
-    report = harness.ferroload(config, "-c", str(concurrency), "-z", f"{seconds}s")
+def ferroload_closed(config, model, concurrency, seconds, prefix=()):
+    report = harness.ferroload(config, "-c", str(concurrency), "-z", f"{seconds}s", prefix=prefix)
     codes = report.get("statusCodeDistribution") or {}
     return {"client": "ferroload (perf_analyzer missing)", "model": model, "concurrency": concurrency,
             "errors": sum(n for c, n in codes.items() if c != "OK"), "codes": codes,
@@ -268,6 +274,8 @@ def main():
     parser.add_argument("--spin", type=int, default=5000, help="slow5: Loop iterations per request (~1 us each)")
     parser.add_argument("--parts", default="a,b,c,d,e", help="which parts to run (the peak of a is always measured "
                         "when a, b or c runs)")
+    parser.add_argument("--pin", action="store_true", help="the server on the last core, the load generator (and "
+                        "perf_analyzer) on the others")
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/cost.json"))
     args = parser.parse_args()
     factors = [float(x) for x in args.factors.split(",")]
@@ -278,8 +286,10 @@ def main():
     work, repo = harness.scenario_workspace("cost")
     build_repository(repo, os.path.join(harness.ROOT, "tests/models/slow"))
     log = os.path.join(work, "server.log")
-    result = {"slo_s": SLO, "seconds": seconds, "factors": factors, "parts": sorted(parts)}
-    with harness.Server(repo, log=log, ready_timeout=120) as server:
+    server_prefix, load = harness.pinning(args.pin)
+    result = {"slo_s": SLO, "seconds": seconds, "factors": factors, "parts": sorted(parts),
+              "pinned": " ".join(server_prefix) or None}
+    with harness.Server(repo, log=log, ready_timeout=120, prefix=server_prefix) as server:
         heavy = harness.ghz_config("cnn", server.grpc, work, data=heavy_request("resnet50"))
         heavy_default = harness.ghz_config("cnn", server.grpc, work, data=heavy_request("resnet50_default"))
         slow5 = harness.ghz_config("mlp", server.grpc, work, data=slow_request("slow5", args.spin))
@@ -288,44 +298,45 @@ def main():
         if parts & {"a", "b", "c"}:
             # The heavy CNN's unloaded latency and peak, which a, b and c are judged by.
             for config in (heavy, heavy_default):  # warm-up, unrecorded: sessions, arenas, the cost model
-                harness.ferroload(config, "-c", "2", "-z", "2s")
-            unloaded = closed(heavy, 1, closed_s + 1)
-            peaks = [dict(unloaded)] + [closed(heavy, c, closed_s) for c in (2, 4)]
+                harness.ferroload(config, "-c", "2", "-z", "2s", prefix=load)
+            unloaded = closed(heavy, 1, closed_s + 1, load)
+            peaks = [dict(unloaded)] + [closed(heavy, c, closed_s, load) for c in (2, 4)]
             peak = max(p["goodput"] for p in peaks)
             result["heavy"] = {"unloaded": unloaded, "peaks": peaks, "peak": peak}
         # Between phases on the heavy CNN: drained, and a request answered near its unloaded time.
         calm = dict(probe=heavy, bound_ms=3 * unloaded["p99_ms"]) if "heavy" in result else {}
+        calm["prefix"] = load
         if "a" in parts:
             phases = []
             for f in factors:
                 settle(server, **calm)
-                summary, _ = open_loop(heavy, f * peak, seconds, "10s", SLO)
+                summary, _ = open_loop(heavy, f * peak, seconds, "10s", SLO, prefix=load)
                 phases.append(dict(summary, factor=f, timeout="10s"))
             settle(server, **calm)
             deadline = f"{int(2 * SLO * 1e3)}ms"
-            summary, _ = open_loop(heavy, top * peak, seconds, deadline, SLO, seed=2)
+            summary, _ = open_loop(heavy, top * peak, seconds, deadline, SLO, seed=2, prefix=load)
             phases.append(dict(summary, factor=top, timeout=deadline, deadline_run=True))
             result["a"] = phases
         if "b" in parts:
             settle(server, **calm)
-            summary, _ = open_loop(heavy_default, top * peak, seconds, "10s", DEFAULT_SLO, seed=3)
+            summary, _ = open_loop(heavy_default, top * peak, seconds, "10s", DEFAULT_SLO, seed=3, prefix=load)
             result["b"] = dict(summary, factor=top)
         if "c" in parts:
             settle(server, **calm)
             step_at = round(seconds * 0.4, 1)
-            _, report = open_loop(heavy, 0.5 * peak, seconds, "10s", SLO, seed=4,
+            _, report = open_loop(heavy, 0.5 * peak, seconds, "10s", SLO, seed=4, prefix=load,
                                   extra=("--step-at", f"{step_at}s", "--step-rps", f"{top * peak:.3f}"))
             result["c"] = dict(step_recovery(report, step_at, SLO), low_rps=0.5 * peak, high_rps=top * peak)
         if "d" in parts:
             settle(server, **calm)
-            harness.ferroload(slow5, "-c", "1", "-z", "1s")  # warm-up, unrecorded
-            d_unloaded = closed(slow5, 1, closed_s)
-            d_peaks = [dict(d_unloaded)] + [closed(slow5, c, closed_s) for c in (2, 4)]
+            harness.ferroload(slow5, "-c", "1", "-z", "1s", prefix=load)  # warm-up, unrecorded
+            d_unloaded = closed(slow5, 1, closed_s, load)
+            d_peaks = [dict(d_unloaded)] + [closed(slow5, c, closed_s, load) for c in (2, 4)]
             d_peak = max(p["goodput"] for p in d_peaks)
             phases = []
             for f in factors:
-                settle(server, probe=slow5, bound_ms=3 * d_unloaded["p99_ms"])
-                summary, _ = open_loop(slow5, f * d_peak, seconds, "5s", seed=5)
+                settle(server, probe=slow5, bound_ms=3 * d_unloaded["p99_ms"], prefix=load)
+                summary, _ = open_loop(slow5, f * d_peak, seconds, "5s", seed=5, prefix=load)
                 phases.append(dict(summary, factor=f))
             result["d"] = {"unloaded": d_unloaded, "peaks": d_peaks, "peak": d_peak, "phases": phases}
         if "e" in parts:
@@ -333,9 +344,11 @@ def main():
             runs = []
             for model, config, concurrency, interval in (("mlp", mlp, 64, 2000), ("resnet50", heavy, 4, 3000)):
                 if os.path.exists(PERF):
+                    # perf_analyzer is not pinned: 64 client threads on one core never
+                    # finish a stable measurement window.
                     runs.append(perf_analyzer(server, model, concurrency, interval, work))
                 else:
-                    runs.append(ferroload_closed(config, model, concurrency, 5))
+                    runs.append(ferroload_closed(config, model, concurrency, 5, load))
             result["e"] = runs
         result["metrics"] = read_metrics(server)
         alive = server.alive() and server.http_status("/v2/health/ready") == 200
@@ -358,7 +371,9 @@ def report_all(result, spin):
     if "heavy" in result:
         h = result["heavy"]
         unloaded, peak = h["unloaded"], h["peak"]
-        print(f"\n== heavy CNN resnet50 (ResNet-50), SLO {SLO * 1e3:.0f} ms")
+        where = f"server under `{result['pinned']}`, load generator on the other cores" if result.get("pinned") \
+            else "server and load generator sharing every core"
+        print(f"\n== heavy CNN resnet50 (ResNet-50), SLO {SLO * 1e3:.0f} ms; {where}")
         print(f"unloaded (1 client): p50 {unloaded['p50_ms']:.1f} ms  p99 {unloaded['p99_ms']:.1f} ms  "
               f"{unloaded['goodput']:.1f} ok/s")
         for p in h["peaks"]:

@@ -286,7 +286,8 @@ impl Scheduler {
         };
         abandoned.disarm();
         if let (Some(predicted), Ok(Ok(_))) = (predicted, &result) {
-            self.shared.calibration.record(predicted, now.elapsed());
+            let answered = Instant::now();
+            self.shared.calibration.record(predicted, answered - now, answered);
         }
         result.map_err(|_| Error::internal("the model instance stopped before answering"))?
     }
