@@ -304,6 +304,41 @@ async fn a_model_without_batching_runs_concurrent_requests_one_by_one() {
     assert_eq!(executions_by_batch_size(&stats), BTreeMap::from([(1, 5)]));
 }
 
+/// A model of microseconds under changing load: a lone request runs its
+/// batch on its own task (scheduler/worker.rs, `run_here`), queued ones on
+/// the instance thread, and the two take turns as clients come and go.
+/// Every client still gets its own rows back.
+#[tokio::test]
+async fn many_clients_of_a_model_of_microseconds_each_get_their_own_rows() {
+    let (_repo, server) =
+        start(&[("quick", plus3_onnx(), plus3_config(8, "dynamic_batching { max_queue_delay_microseconds: 100 }"))]);
+    let mut client = server.grpc_client().await;
+    // One at a time first: the quick streak that lets tasks run batches.
+    for i in 0..80 {
+        let answer = client.model_infer(plus3_input("quick", &[i as f32], "")).await.unwrap().into_inner();
+        assert_eq!(f32_values(output(&answer, "y").2), [i as f32 + 3.0]);
+    }
+    let clients = (0..16).map(|c| {
+        let mut client = client.clone();
+        async move {
+            for i in 0..40 {
+                let values: Vec<f32> = (0..1 + (c + i) % 3).map(|k| (c * 1000 + i * 10 + k) as f32).collect();
+                let id = format!("{c}-{i}");
+                let answer = client.model_infer(plus3_input("quick", &values, &id)).await.unwrap().into_inner();
+                assert_eq!(answer.id, id);
+                let (_, shape, data) = output(&answer, "y");
+                assert_eq!(shape, [values.len() as i64, 1]);
+                assert_eq!(f32_values(data), values.iter().map(|v| v + 3.0).collect::<Vec<_>>(), "request {id}");
+            }
+        }
+    });
+    tokio::time::timeout(BOUND, join_all(clients)).await.expect("the clients were never answered");
+    let stats = model_statistics(&mut client, "quick").await;
+    let rows: u64 = 80 + (0..16).flat_map(|c| (0..40).map(move |i| 1 + (c + i) % 3)).sum::<u64>();
+    assert_eq!(stats.inference_count, rows);
+    assert_eq!(outcomes(&stats), (80 + 16 * 40, 0));
+}
+
 // ---------------------------------------------------------------- deadlines
 
 /// Sends one request and returns its outcome and how long it took.
