@@ -6,8 +6,8 @@
 //! frames). The mean CPU per request at today's load therefore overstates
 //! what the server needs per request near its limit, by half or more for a
 //! model of microseconds. The marginal cost does not: every busy period of
-//! a worker (from one park to the next that follows requests, on the
-//! thread's own CPU clock) is one observation of
+//! a worker (from unpark to park, on the thread's own CPU clock) is one
+//! observation of
 //!
 //!   cpu = wake + c × requests
 //!
@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 /// Versions one busy period keeps apart; a period with more is dropped.
 const VERSIONS_PER_PERIOD: usize = 4;
 
-/// This worker's CPU clock when its period began, and the half-requests of
+/// This worker's CPU clock when it last woke, and the half-requests of
 /// each version (by key) since.
 #[derive(Clone, Copy)]
 struct Period {
@@ -56,29 +56,25 @@ pub fn forget(key: u32) {
     SUMS.lock().retain(|(k, _)| *k != key);
 }
 
-/// For tokio's `on_thread_start` and `on_thread_unpark`: the first time on
-/// this thread, the first period begins. After that a period runs from one
-/// park that ended one to the next (the CPU of parking and waking included,
-/// which belongs to the period's wake-up), so one clock read per park
-/// serves both ends; a thread CPU clock is a syscall, not a vDSO read.
+/// For tokio's `on_thread_start` and `on_thread_unpark`.
 pub fn worker_unparked() {
     PERIOD.with(|period| {
-        if period.get().is_none() {
-            period.set(thread_cpu_nanos().map(Period::new));
-        }
+        period.set(thread_cpu_nanos().map(|started| Period {
+            started,
+            halves: [(0, 0); VERSIONS_PER_PERIOD],
+            len: 0,
+            overflowed: false,
+        }))
     });
 }
 
-/// For tokio's `on_thread_park`. A period without requests goes on into
-/// the next (a timer's wake-up is part of the next one's cost).
+/// For tokio's `on_thread_park`.
 pub fn worker_parked() {
-    let Some(period) = PERIOD.with(|period| period.get()) else { return };
-    if period.len == 0 && !period.overflowed {
+    let Some(period) = PERIOD.with(|period| period.take()) else { return };
+    if period.overflowed || period.len == 0 {
         return;
     }
-    let now = thread_cpu_nanos();
-    PERIOD.with(|cell| cell.set(now.map(Period::new)));
-    let Some(now) = now.filter(|_| !period.overflowed) else { return };
+    let Some(now) = thread_cpu_nanos() else { return };
     let cpu = now.saturating_sub(period.started) as f64 / 1e9;
     let halves = &period.halves[..period.len];
     let total: u32 = halves.iter().map(|&(_, h)| h).sum();
@@ -94,12 +90,6 @@ pub fn worker_parked() {
                 sums.push((key, s));
             }
         }
-    }
-}
-
-impl Period {
-    fn new(started: u64) -> Period {
-        Period { started, halves: [(0, 0); VERSIONS_PER_PERIOD], len: 0, overflowed: false }
     }
 }
 
@@ -124,7 +114,7 @@ pub fn request_half(key: u32) {
 /// its CPU in this worker's busy period: under load the same batch runs on
 /// an instance thread, and the capacity answer counts a model's execution
 /// from its cost model. Its time is taken on the monotonic clock (a vDSO
-/// read, where the thread's CPU clock is two syscalls more per request):
+/// read; the thread's CPU clock is a syscall, two more per request):
 /// a batch of microseconds on a running thread is rarely preempted, and
 /// one that was only takes more out of the period than it put in.
 pub fn outside_period<R>(work: impl FnOnce() -> R) -> R {
@@ -312,8 +302,7 @@ mod tests {
         request_half(b);
         request_half(b);
         worker_parked();
-        // Not a period: no request since the last park.
-        worker_unparked();
+        // Not a period: no unpark before this park.
         worker_parked();
         let (sa, sb) = (busy_periods(a), busy_periods(b));
         assert_eq!((sa.n, sa.requests(), sb.n, sb.requests()), (1.0, 1.0, 1.0, 2.0));
