@@ -274,8 +274,7 @@ def main():
     parser.add_argument("--spin", type=int, default=5000, help="slow5: Loop iterations per request (~1 us each)")
     parser.add_argument("--parts", default="a,b,c,d,e", help="which parts to run (the peak of a is always measured "
                         "when a, b or c runs)")
-    parser.add_argument("--pin", action="store_true", help="the server on the last core, the load generator (and "
-                        "perf_analyzer) on the others")
+    parser.add_argument("--pin", action="store_true", help="the server on the last core, ferroload on the others")
     parser.add_argument("--out", default=os.path.join(harness.ROOT, "target/scenarios/cost.json"))
     args = parser.parse_args()
     factors = [float(x) for x in args.factors.split(",")]
