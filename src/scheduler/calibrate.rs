@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 const WINDOW: usize = 128;
 /// An error older than this no longer counts: a machine that was busy a
 /// few seconds ago says little about now.
-pub const AGE: Duration = Duration::from_secs(5);
+const AGE: Duration = Duration::from_secs(5);
 /// The quantile of the errors admission uses (the second largest of the
 /// window): one stall does not close admission for a whole window.
 const QUANTILE: f64 = 0.99;
